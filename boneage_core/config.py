@@ -1,0 +1,122 @@
+"""TrainConfig: every knob of one training run, frozen; variants come from dataclasses.replace."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from boneage_core.errors import BoneAgeError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("mse", "l1", "huber")
+SCHEDULES = ("none", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MIN_IMAGE_SIZE_PX = 32  # ResNet-50 and most timm nets downsample by 32: smaller gives empty feature maps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = "resnet50"  # or "timm:<model name>"
+    pretrained: str = "none"  # "none", "imagenet" (local torch/timm cache) or a path to a state dict
+    image_size: int = 64  # side of the square input, pixels
+    epochs: int = 5
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    loss: str = "mse"
+    aug_strength: float = 0.5
+    use_sex: bool = False
+    head_hidden: int = 256
+    dropout: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    tta_flip: bool = False  # average predictions over a horizontal flip at evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+
+
+def coerce_field(name: str, value: Any, where: str = "train") -> Any:
+    """Value converted to the field's type, or a BoneAgeError naming the field and the expected type."""
+    if name not in FIELD_TYPES:
+        raise BoneAgeError(
+            f"unknown training field '{where}.{name}'; known fields: {', '.join(sorted(FIELD_TYPES))}"
+        )
+    want = FIELD_TYPES[name]
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif want is str and isinstance(value, str):
+        return value
+    raise BoneAgeError(f"'{where}.{name}' must be {want.__name__}, got {value!r}")
+
+
+def make_config(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A checked TrainConfig from loose values (TOML, CLI strings, stored trial attrs)."""
+    clean = {k: coerce_field(k, v) for k, v in values.items()}
+    cfg = dataclasses.replace(base or TrainConfig(), **clean)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise BoneAgeError for an impossible combination; the message names the field and the fix."""
+
+    def bad(field: str, why: str) -> BoneAgeError:
+        return BoneAgeError(f"train.{field} = {getattr(cfg, field)!r}: {why}")
+
+    if cfg.image_size < MIN_IMAGE_SIZE_PX:
+        raise bad("image_size", f"too small for the backbone, use at least {MIN_IMAGE_SIZE_PX} px")
+    if cfg.epochs < 1:
+        raise bad("epochs", "must be at least 1")
+    if cfg.batch_size < 2:
+        raise bad("batch_size", "must be at least 2 (batch norm needs two images)")
+    if not cfg.lr > 0:
+        raise bad("lr", "must be positive")
+    if cfg.weight_decay < 0:
+        raise bad("weight_decay", "must be zero or positive")
+    if not 0.0 <= cfg.aug_strength <= 1.0:
+        raise bad("aug_strength", "must lie in [0, 1]")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise bad("dropout", "must lie in [0, 1)")
+    if cfg.head_hidden < 1:
+        raise bad("head_hidden", "must be at least 1")
+    for field, allowed in (
+        ("optimizer", OPTIMIZERS),
+        ("loss", LOSSES),
+        ("schedule", SCHEDULES),
+        ("precision", PRECISIONS),
+    ):
+        if getattr(cfg, field) not in allowed:
+            raise bad(field, f"choose one of {', '.join(allowed)}")
+    if cfg.backbone != "resnet50" and not cfg.backbone.startswith("timm:"):
+        raise bad("backbone", "use 'resnet50' or 'timm:<model name>'")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise bad("device", "use auto, cpu, cuda or cuda:N")

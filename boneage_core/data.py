@@ -1,0 +1,280 @@
+"""RSNA bone-age data as downloaded -> one clean table: id, path, age_months, male, split.
+
+Reads the Kaggle copy and the official RSNA release without renaming anything (layouts in
+shared/DESIGN.md). Every problem with the files is a BoneAgeError naming the file, the column and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage_core.errors import BoneAgeError
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_MONTHS = 300.0
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_TRUE = {"true", "t", "1", "1.0", "m", "male", "yes"}
+_FALSE = {"false", "f", "0", "0.0", "f", "female", "no"}
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """One label file of a layout and where its images live, relative to the data root."""
+
+    split: str
+    label_file: str
+    image_dirs: tuple[str, ...]
+    id_col: str
+    age_col: str
+    sex_col: str
+
+
+KAGGLE_TRAIN = LabelSource(
+    "train", "boneage-training-dataset.csv", ("boneage-training-dataset",), "id", "boneage", "male"
+)
+OFFICIAL_VAL = LabelSource(
+    "val",
+    "Bone Age Validation Set/Validation Dataset.csv",
+    ("Bone Age Validation Set/boneage-validation-dataset-1", "Bone Age Validation Set/boneage-validation-dataset-2",
+     "Bone Age Validation Set"),
+    "Image ID", "Bone Age (months)", "male",
+)
+OFFICIAL_TEST = LabelSource(
+    "test",
+    "Bone Age Test Set/Bone age ground truth.xlsx",
+    ("Bone Age Test Set/Test Set Images", "Bone Age Test Set"),
+    "Case ID", "Ground truth bone age (months)", "Sex",
+)
+# The official training release also ships with its CSV inside a folder of its own name.
+OFFICIAL_TRAIN = LabelSource(
+    "train", "Bone Age Training Set/train.csv", ("Bone Age Training Set",), "id", "boneage", "male"
+)
+
+
+@dataclass
+class DataReport:
+    """What load_table found, for `data check` and for warnings."""
+
+    layout: str = ""
+    label_files: list[str] = field(default_factory=list)
+    missing_images: dict[str, int] = field(default_factory=dict)
+    skipped_rows: list[str] = field(default_factory=list)
+
+
+def _find_label(root: Path, src: LabelSource) -> Path | None:
+    """The label file of a source; a CSV may also be found one folder deeper or at the root."""
+    direct = root / src.label_file
+    if direct.is_file():
+        return direct
+    name = Path(src.label_file).name
+    for candidate in (root / name, *root.glob(f"*/{name}")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_labels(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            return pd.read_excel(path)
+        return pd.read_csv(path)
+    except Exception as exc:  # pandas raises many types for an unreadable file
+        raise BoneAgeError(f"{path}: cannot read label file ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_male(values: pd.Series, path: Path, col: str) -> np.ndarray:
+    text = values.astype(str).str.strip().str.lower()
+    bad = ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        raise BoneAgeError(
+            f"{path}: column '{col}' has unrecognised sex value {values[bad].iloc[0]!r} "
+            "(expected True/False, 1/0 or M/F)"
+        )
+    return text.isin(_TRUE).to_numpy()
+
+
+def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFrame:
+    """id, age_months, male from one label file, with every value checked."""
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in (src.id_col, src.age_col, src.sex_col):
+        if col not in df.columns:
+            raise BoneAgeError(
+                f"{path}: required column '{col}' is missing (found: {', '.join(map(str, df.columns))})"
+            )
+    ages = pd.to_numeric(df[src.age_col], errors="coerce")
+    for i, (raw, age) in enumerate(zip(df[src.age_col], ages)):
+        if not np.isfinite(age) or age < 0 or age > MAX_AGE_MONTHS:
+            raise BoneAgeError(
+                f"{path}: row {i + 2}, column '{src.age_col}' = {raw!r} is not an age in months "
+                f"between 0 and {MAX_AGE_MONTHS:g}"
+            )
+    ids = df[src.id_col].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise BoneAgeError(f"{path}: duplicate id {dup.iloc[0]!r} in column '{src.id_col}'")
+    return pd.DataFrame(
+        {"id": ids.to_numpy(), "age_months": ages.to_numpy(float), "male": _parse_male(df[src.sex_col], path, src.sex_col)}
+    )
+
+
+def _index_images(root: Path, dirs: tuple[str, ...]) -> dict[str, Path]:
+    """Image stem -> path for every image under the given folders, never outside root."""
+    root_resolved = root.resolve()
+    found: dict[str, Path] = {}
+    for d in dirs:
+        base = root / d
+        if not base.is_dir():
+            continue
+        for dirpath, _dirnames, filenames in os.walk(base):  # does not follow symlinked folders
+            for name in filenames:
+                p = Path(dirpath) / name
+                if p.suffix.lower() not in IMAGE_SUFFIXES or p.stem in found:
+                    continue
+                real = p.resolve()
+                if not real.is_relative_to(root_resolved):  # a symlink pointing out of the data dir
+                    log.warning("ignoring %s: it points outside the data directory", p)
+                    continue
+                found[p.stem] = real
+    return found
+
+
+def detect_layout(root: Path) -> tuple[str, list[tuple[LabelSource, Path]]]:
+    """Which release this directory holds and its label files, or a BoneAgeError saying what is missing."""
+    if not root.exists():
+        raise BoneAgeError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise BoneAgeError(f"data path {root} is not a directory")
+    if not any(root.iterdir()):
+        raise BoneAgeError(f"data directory {root} is empty")
+    train = _find_label(root, KAGGLE_TRAIN)
+    train_src = KAGGLE_TRAIN
+    if train is None:
+        train, train_src = _find_label(root, OFFICIAL_TRAIN), OFFICIAL_TRAIN
+    if train is None:
+        raise BoneAgeError(
+            f"{root}: no training label file found; expected '{KAGGLE_TRAIN.label_file}' "
+            f"(Kaggle copy) or '{OFFICIAL_TRAIN.label_file}' (official RSNA release)"
+        )
+    sources = [(train_src, train)]
+    for src in (OFFICIAL_VAL, OFFICIAL_TEST):
+        path = _find_label(root, src)
+        if path is not None:
+            sources.append((src, path))
+    layout = "official RSNA release" if len(sources) > 1 else "Kaggle copy (training set only)"
+    return layout, sources
+
+
+def load_table(root: str | Path, report: DataReport | None = None) -> pd.DataFrame:
+    """All labelled images under root: columns id, path, age_months, male, split ('' = to be split).
+
+    Rows whose image is missing are dropped with a warning; if none is left, BoneAgeError.
+    """
+    root = Path(root)
+    report = report if report is not None else DataReport()
+    report.layout, sources = detect_layout(root)
+    frames = []
+    for src, path in sources:
+        report.label_files.append(str(path.relative_to(root)))
+        labels = _clean_labels(_read_labels(path), path, src)
+        # the Kaggle training images may sit in a doubled folder (the walk finds them there), or beside
+        # a label file found one folder deeper
+        beside = path.parent.relative_to(root)
+        dirs = src.image_dirs + ((str(beside),) if src is KAGGLE_TRAIN and beside != Path(".") else ())
+        images = _index_images(root, dirs)
+        labels["path"] = [str(images[i]) if i in images else "" for i in labels["id"]]
+        missing = labels["path"] == ""
+        report.missing_images[src.split] = int(missing.sum())
+        if missing.all():
+            raise BoneAgeError(
+                f"{path}: none of its {len(labels)} images was found under "
+                f"{', '.join(str(root / d) for d in src.image_dirs)} (looked for <id>.png)"
+            )
+        if missing.any():
+            log.warning("%s: %d of %d images are missing and skipped", path, missing.sum(), len(labels))
+        labels = labels[~missing].copy()
+        labels["split"] = src.split
+        frames.append(labels)
+    table = pd.concat(frames, ignore_index=True)
+    dup = table["id"][table["id"].duplicated()]
+    if len(dup):
+        raise BoneAgeError(f"{root}: image id {dup.iloc[0]!r} appears in more than one split")
+    return table[["id", "path", "age_months", "male", "split"]]
+
+
+def age_bins(age_months: np.ndarray) -> np.ndarray:
+    """Two-year bins: the strata of the seeded split."""
+    return np.minimum(np.asarray(age_months) // 24, 9).astype(int)
+
+
+def split_table(
+    table: pd.DataFrame, seed: int, split_file: Path | None = None, val_frac: float = 0.15, test_frac: float = 0.15
+) -> pd.DataFrame:
+    """Give every row a split: official val/test sets are kept; what is missing comes from a seeded split
+    of the training rows stratified by age bin and sex, saved to split_file and reused from it."""
+    from sklearn.model_selection import train_test_split
+
+    table = table.copy()
+    have = set(table["split"])
+    need = [s for s in ("val", "test") if s not in have]
+    if not need:
+        return table
+    if split_file is not None and split_file.is_file():
+        saved = pd.read_csv(split_file, dtype={"id": str}).set_index("id")["split"]
+        if set(saved.index) == set(table.loc[table["split"] == "train", "id"]):
+            train = table["split"] == "train"
+            table.loc[train, "split"] = table.loc[train, "id"].map(saved).to_numpy()
+            return table
+        log.warning("%s does not match the training rows; making a new split", split_file)
+    train = table[table["split"] == "train"]
+    strata = age_bins(train["age_months"].to_numpy()) * 2 + train["male"].to_numpy().astype(int)
+    # strata with a single member cannot be stratified; fold them into a shared bucket
+    counts = pd.Series(strata).value_counts()
+    strata = np.where(pd.Series(strata).map(counts).to_numpy() < 4, -1, strata)
+    fracs = {"val": val_frac, "test": test_frac}
+    held = sum(fracs[s] for s in need)
+    n_min = len(need) * 2 + 2
+    if len(train) < n_min:
+        raise BoneAgeError(f"only {len(train)} labelled training images: at least {n_min} are needed to split")
+    rest_ids, held_ids = train_test_split(train["id"], test_size=held, random_state=seed, stratify=strata)
+    assign = dict.fromkeys(rest_ids, "train")
+    if len(need) == 2:
+        held_rows = train.set_index("id").loc[held_ids]
+        held_strata = pd.Series(strata, index=train["id"]).loc[held_ids]
+        counts = held_strata.value_counts()
+        held_strata = np.where(held_strata.map(counts).to_numpy() < 2, -2, held_strata)
+        try:
+            val_ids, test_ids = train_test_split(
+                held_rows.index, test_size=test_frac / held, random_state=seed, stratify=held_strata
+            )
+        except ValueError:  # too few held rows to stratify: plain seeded split
+            val_ids, test_ids = train_test_split(held_rows.index, test_size=test_frac / held, random_state=seed)
+        assign.update(dict.fromkeys(val_ids, "val"))
+        assign.update(dict.fromkeys(test_ids, "test"))
+    else:
+        assign.update(dict.fromkeys(held_ids, need[0]))
+    mask = table["split"] == "train"
+    table.loc[mask, "split"] = table.loc[mask, "id"].map(assign).to_numpy()
+    if split_file is not None:
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = split_file.with_suffix(".tmp")
+        table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
+        os.replace(tmp, split_file)
+    return table
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """Hash of ids and image files (size, mtime): a changed or added image changes it."""
+    h = hashlib.sha256()
+    for case_id, path in zip(table["id"], table["path"]):
+        st = os.stat(path)
+        h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,225 @@
+"""Training and evaluation in months: fit(config, train, val, on_epoch_end) -> FitResult.
+
+The images of both splits live as one uint8 tensor each, on the device when it is a GPU, so a batch is
+an index into memory plus tensor augmentation: no decoding, no DataLoader workers. fit() calls
+on_epoch_end(epoch, metrics) after each epoch; whatever that raises (the search raises
+optuna.TrialPruned there) goes straight through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boneage_core.augment import augment_batch, normalize
+from boneage_core.config import TrainConfig, check_config
+from boneage_core.errors import BoneAgeError, TrainingDiverged
+from boneage_core.metrics import regression_metrics
+from boneage_core.models import BoneAgeNet, build_model
+
+log = logging.getLogger(__name__)
+EVAL_BATCH = 128
+
+
+@dataclass
+class Split:
+    """One split ready for training: uint8 images (n, S, S), ages in months, sex, ids."""
+
+    images: np.ndarray
+    age_months: np.ndarray
+    male: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.age_months)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
+    val_pred_months: np.ndarray | None = None  # predictions of the last epoch on the eval split
+    metrics: dict[str, float] = field(default_factory=dict)  # full metrics of the last epoch
+    model: BoneAgeNet | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BoneAgeError(f"train.device = {name!r} but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA by default; fp32 on CPU, where bf16 is 2.5-3x slower without hardware support."""
+    if device.type != "cuda" or cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def loss_fn(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if name == "l1":
+        return F.l1_loss(pred, target)
+    if name == "huber":
+        return F.huber_loss(pred, target, delta=1.0)  # targets are standardized: delta = one SD
+    return F.mse_loss(pred, target)
+
+
+def train_one_epoch(
+    model, optimizer, scheduler, images, targets, male, cfg: TrainConfig, generator: torch.Generator, scaler
+) -> float:
+    """One pass over the training images in a seeded random order; returns the mean loss."""
+    model.train()
+    device = images.device
+    order = torch.randperm(len(images), generator=generator).to(device)
+    n_batches = len(order) // cfg.batch_size  # drop the last partial batch: batch norm needs company
+    total = torch.zeros((), device=device)
+    for b in range(n_batches):
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = augment_batch(normalize(images[idx].unsqueeze(1)), cfg.aug_strength, generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(cfg, device):
+            pred = model(x, male[idx])
+        loss = loss_fn(cfg.loss, pred.float(), targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach()  # summed on the device: no CPU-GPU sync per step
+    return float(total) / max(n_batches, 1)
+
+
+@torch.no_grad()
+def evaluate(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Normalized predictions for all images, averaged over a horizontal flip when cfg.tta_flip."""
+    model.eval()
+    preds = []
+    for start in range(0, len(images), EVAL_BATCH):
+        x = normalize(images[start : start + EVAL_BATCH].unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+        sex = male[start : start + EVAL_BATCH]
+        with autocast_for(cfg, images.device):
+            p = model(x, sex).float()
+            if cfg.tta_flip:
+                p = (p + model(torch.flip(x, dims=[3]), sex).float()) / 2
+        preds.append(p)
+    return torch.cat(preds)
+
+
+def _to_device(split: Split, device: torch.device):
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
+    male = torch.from_numpy(np.array(split.male, dtype=bool)).to(device)
+    return images, male
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a checkpoint under its final name is always complete
+
+
+def fit(
+    cfg: TrainConfig,
+    train: Split,
+    val: Split,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint: str | Path | None = None,
+    quiet: bool = True,
+) -> FitResult:
+    """Train cfg on train, evaluate MAE in months on val after every epoch.
+
+    With checkpoint, every epoch is saved there and a rerun with the same config resumes after the
+    last saved epoch.
+    """
+    check_config(cfg)
+    if cfg.batch_size > len(train):
+        raise BoneAgeError(f"train.batch_size = {cfg.batch_size} is above the {len(train)} training images")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    steps = cfg.epochs * (len(train) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cfg.schedule == "cosine" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
+
+    mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months)) or 1.0
+    tr_images, tr_male = _to_device(train, device)
+    tr_targets = torch.from_numpy((np.asarray(train.age_months, np.float32) - mean) / std).to(device)
+    va_images, va_male = _to_device(val, device)
+
+    result = FitResult()
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if json.loads(state["config"]) != cfg.to_dict():
+            raise BoneAgeError(f"checkpoint {ckpt} was written by another config; delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        result.history = json.loads(state["history"])
+        start_epoch = len(result.history)
+        log.info("resuming from %s after epoch %d", ckpt, start_epoch)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, optimizer, scheduler, tr_images, tr_targets, tr_male, cfg, generator, scaler)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {cfg.lr:g})")
+        pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
+        if not np.all(np.isfinite(pred)):
+            raise TrainingDiverged(f"predictions became non-finite in epoch {epoch + 1} (lr {cfg.lr:g})")
+        metrics = regression_metrics(pred, val.age_months, val.male)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_mae_months": metrics["mae_months"],
+               "val_rmse_months": metrics["rmse_months"], "epoch_time_s": time.perf_counter() - t0}
+        result.history.append(row)
+        result.val_pred_months, result.metrics = pred, metrics
+        if not quiet:
+            print(json.dumps(row), flush=True)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, {
+                "config": json.dumps(cfg.to_dict()), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "history": json.dumps(result.history),
+            })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+    if result.val_pred_months is None:  # resumed after the last epoch: evaluate the saved model once
+        pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
+        result.val_pred_months, result.metrics = pred, regression_metrics(pred, val.age_months, val.male)
+    result.model = model
+    return result
+

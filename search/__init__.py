@@ -1,0 +1,1 @@
+"""search: Optuna studies over boneage_core training runs. Never touches pixels."""

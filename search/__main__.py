@@ -1,0 +1,101 @@
+"""Command line: parse arguments, call library functions, turn user mistakes into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from boneage_core import BoneAgeError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, instead of usage + message
+        print(f"error: {message} (see python -m search {' '.join(sys.argv[1:2])} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def get_args_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--study", default="demo", help="a name in studies/ or a path to a TOML file (default: demo)")
+    common.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite:///studies/<study>.db)")
+    common.add_argument("--data", help="directory with RSNA data as downloaded (same as --set data.source=DIR)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a study field, repeatable (e.g. --set train.epochs=3)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    parser = Parser(prog="python -m search", description="Tune and benchmark bone-age models with Optuna.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", parents=[common], help="search until the study holds N finished trials")
+    run.add_argument("--trials", type=positive_int, default=50, help="finished trials the study should hold (default 50)")
+    run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
+    run.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
+    sub.add_parser("baseline", parents=[common], help="train the seed recipe on the study's data and record it")
+    sub.add_parser("status", parents=[common], help="trials by state, best so far, baseline, time spent")
+    dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the study storage")
+    dash.add_argument("--port", type=positive_int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+
+    data = sub.add_parser("data", help="make the phantom, check or cache a data directory")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    mk = data_sub.add_parser("make-phantom", help="write the embedded synthetic dataset in the Kaggle layout")
+    mk.add_argument("out")
+    mk.add_argument("--n", type=positive_int, default=1000, help="number of images (default 1000)")
+    mk.add_argument("--seed", type=int, default=0)
+    ck = data_sub.add_parser("check", help="what a data directory holds and whether it can be used")
+    ck.add_argument("dir")
+    ca = data_sub.add_parser("cache", help="decode a data directory once into the image cache")
+    ca.add_argument("dir")
+    ca.add_argument("--size", type=positive_int, default=64, help="side of the cached images, pixels")
+    ca.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
+    try:
+        return dispatch(args, argv)
+    except BoneAgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study is saved; rerun the same command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    from search import commands
+
+    if args.command == "data":
+        return commands.data(args)
+    return getattr(commands, args.command)(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

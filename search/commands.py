@@ -1,0 +1,102 @@
+"""One function per CLI command: build the spec and storage from the arguments, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from boneage_core import BoneAgeError
+from search.specs import StudySpec, load_spec
+from search.storage import default_storage_url, redact
+
+
+def _spec_and_url(args: argparse.Namespace) -> tuple[StudySpec, str]:
+    spec = load_spec(args.study, args.overrides, args.data)
+    return spec, args.storage or default_storage_url(spec.name)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.runner import run_study
+
+    spec, url = _spec_and_url(args)
+    if not args.quiet:
+        print(f"study '{spec.name}' in {redact(url)}: searching {', '.join(spec.space) or 'nothing'} "
+              f"until {args.trials} trials have finished", flush=True)
+    start = time.monotonic()
+    worker_argv = [a for a in argv if a not in ("--quiet",)]
+    out = run_study(spec, url, args.trials, args.workers, args.timeout, args.quiet,
+                    worker_argv=_strip_option(worker_argv, "--workers"))
+    if not args.quiet:
+        best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
+        print(f"{out.finished} finished trials ({out.pruned} pruned, {out.failed} failed), best val MAE {best}, "
+              f"{time.monotonic() - start:.0f} s this run")
+        if out.timed_out:
+            print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
+    return 0
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def baseline(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.baseline import run_baseline
+
+    spec, url = _spec_and_url(args)
+    b = spec.baseline
+    if not args.quiet:
+        print(f"seed baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+              f"{b.epochs} epochs, batch {b.batch_size}", flush=True)
+    record = run_baseline(spec, url, args.quiet)
+    print(f"baseline val MAE {record['val_mae_months']:.2f} months ({record['wall_time_s']:.0f} s), "
+          f"recorded in {redact(url)}")
+    return 0
+
+
+def status(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.report import status_text
+    from search.runner import load_study
+
+    spec, url = _spec_and_url(args)
+    print(status_text(load_study(spec, url, heartbeat=False)))
+    return 0
+
+
+def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.dashboard import serve
+
+    spec, url = _spec_and_url(args)
+    serve(url, args.host, args.port)
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS, write_phantom
+
+    if args.data_command == "make-phantom":
+        try:
+            out = write_phantom(args.out, args.n, args.seed)
+        except OSError as exc:
+            raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
+        print(f"wrote {args.n} phantom radiographs to {out} (label noise floor: MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months)")
+        return 0
+    if args.data_command == "check":
+        from search.datatools import check_directory, require_readable
+
+        text, ok = check_directory(args.dir)
+        print(text)
+        require_readable(ok, args.dir)
+        return 0
+    from boneage_core.dataset import prepare
+
+    prepared = prepare(args.dir, args.size, seed=args.seed, quiet=False)
+    print(f"cached {len(prepared.table)} images at {args.size} px")
+    return 0

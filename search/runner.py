@@ -1,0 +1,145 @@
+"""Run a study until it holds N finished trials: resume, workers, heartbeat retry, Ctrl-C, timeout."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from boneage_core.dataset import Prepared, prepare
+from search.objective import TRIAL_FAILURES, BudgetReached, make_objective
+from search.space import space_signature
+from search.specs import StudySpec, spec_summary
+from search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, check_space_matches, open_storage, redact
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WORKER_ENV = "BONEAGE_WORKER_INDEX"
+
+
+@dataclass
+class RunOutcome:
+    finished: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    timed_out: bool
+
+
+def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
+    """The sampler seeded by the study seed plus how far the study already is (and the worker), so a
+    resumed or parallel run continues the sequence instead of re-proposing the same start-up points."""
+    seed = int(spec.sampler.get("seed", 0)) + offset
+    if spec.sampler["name"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler.get("n_startup_trials", 10))
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p, epochs = spec.pruner, spec.train.epochs
+    if p["name"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.get("n_startup_trials", 5), n_warmup_steps=p.get("n_warmup_steps", 1))
+    if p["name"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.get("min_resource", 1), max_resource=epochs, reduction_factor=p.get("reduction_factor", 3))
+    if p["name"] == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.get("min_resource", 1), reduction_factor=p.get("reduction_factor", 3))
+    return optuna.pruners.NopPruner()
+
+
+def load_study(spec: StudySpec, url: str, offset: int = 0, heartbeat: bool = True) -> optuna.Study:
+    storage = open_storage(url, heartbeat=heartbeat)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
+                                sampler=make_sampler(spec, offset), pruner=make_pruner(spec), load_if_exists=True)
+    return study
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    out = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        out[t.state] += 1
+    return out
+
+
+def prepare_search_data(spec: StudySpec, quiet: bool) -> Prepared:
+    """Train and val only: the test split is never read by the search."""
+    d = spec.data
+    return prepare(d["source"], d["image_size"], seed=d["seed"], max_images=d["max_images"],
+                   phantom_n=d["phantom_n"], quiet=quiet, splits=("train", "val"))
+
+
+def _spawn_workers(k: int, argv: list[str]) -> list[subprocess.Popen]:
+    """k extra worker processes running the same command; one GPU each when several are visible."""
+    procs = []
+    gpus = torch.cuda.device_count()
+    for i in range(1, k + 1):
+        env = dict(os.environ, **{WORKER_ENV: str(i)})
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        procs.append(subprocess.Popen([sys.executable, "-m", "search", *argv, "--workers", "1", "--quiet"], env=env))
+    return procs
+
+
+def run_study(spec: StudySpec, url: str, n_trials: int, workers: int = 1, timeout_s: float | None = None,
+              quiet: bool = False, worker_argv: list[str] | None = None) -> RunOutcome:
+    worker_index = int(os.environ.get(WORKER_ENV, "0"))
+    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("BONEAGE_WORKERS", workers)))
+    torch.set_num_threads(threads)
+    data = prepare_search_data(spec, quiet)
+    train, val = data.split("train"), data.split("val")
+    study = load_study(spec, url)
+    check_space_matches(study, space_signature(spec.space), str(spec.path))
+    if "spec" not in study.user_attrs:
+        study.set_user_attr("spec", spec_summary(spec))
+        study.set_user_attr("storage", redact(url))
+    # reseed the sampler past what the study holds, distinct per worker
+    study.sampler = make_sampler(spec, offset=len(study.get_trials(deepcopy=False)) + 7919 * worker_index)
+    extra = _spawn_workers(workers - 1, worker_argv or []) if workers > 1 and worker_index == 0 else []
+    objective = make_objective(spec, train, val, n_trials)
+    start = time.monotonic()
+    c = counts(study)
+    bar = tqdm(total=n_trials, initial=min(c[TrialState.COMPLETE] + c[TrialState.PRUNED], n_trials),
+               desc=f"study {spec.name}", unit="trial", disable=quiet, dynamic_ncols=True)
+    timed_out = False
+    try:
+        while True:
+            c = counts(study)
+            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+            bar.n = min(done, n_trials)
+            if c[TrialState.COMPLETE]:
+                bar.set_postfix(best_mae=f"{study.best_value:.2f}", pruned=c[TrialState.PRUNED], refresh=False)
+            bar.refresh()
+            if done >= n_trials:
+                break
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                timed_out = True
+                break
+            if done + c[TrialState.RUNNING] + c[TrialState.WAITING] >= n_trials:
+                # the rest is running elsewhere; wait in case a worker dies and its trial must be redone
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(min(HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S) / 2)
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, n_trials=1, catch=(*TRIAL_FAILURES, BudgetReached), gc_after_trial=False)
+    finally:
+        bar.close()
+        for p in extra:
+            try:
+                p.wait()
+            except KeyboardInterrupt:
+                p.wait()
+    c = counts(study)
+    best = study.best_value if c[TrialState.COMPLETE] else None
+    return RunOutcome(c[TrialState.COMPLETE] + c[TrialState.PRUNED], c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out)
+
+
+logging.getLogger("optuna").setLevel(logging.WARNING)

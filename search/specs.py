@@ -1,0 +1,129 @@
+"""Study definitions: studies/NAME.toml (or a path) plus --set overrides -> a checked StudySpec."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boneage_core import BoneAgeError
+from boneage_core.config import TrainConfig, coerce_field, make_config
+from search.space import ParamSpec, parse_space
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+SECTIONS = ("data", "train", "space", "sampler", "pruner", "baseline", "study")
+DATA_DEFAULTS: dict[str, Any] = {"source": "phantom", "image_size": 64, "max_images": 0, "seed": 0, "phantom_n": 1000}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "successive_halving", "none")
+SAMPLER_KEYS = {"name": str, "seed": int, "n_startup_trials": int}
+PRUNER_KEYS = {"name": str, "n_startup_trials": int, "n_warmup_steps": int, "min_resource": int, "reduction_factor": int}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    path: Path
+    data: dict[str, Any]
+    train: TrainConfig  # fixed fields, image_size copied from [data]
+    space: dict[str, ParamSpec]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    baseline: TrainConfig  # the seed recipe: train with [baseline] applied, never searched
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def find_study_file(study: str) -> Path:
+    """A name in studies/ or a path to a TOML file."""
+    candidate = Path(study)
+    if candidate.suffix == ".toml" or "/" in study:
+        if not candidate.is_file():
+            raise BoneAgeError(f"study file {candidate} does not exist")
+        return candidate
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", study):
+        raise BoneAgeError(f"study name {study!r} may use letters, digits, '_', '-' and '.' only")
+    path = STUDIES_DIR / f"{study}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+        raise BoneAgeError(f"unknown study '{study}': no {path}; known studies: {', '.join(known) or 'none'}")
+    return path
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: TOML syntax if it parses (numbers, true, lists, "strings"), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """--set section.key=value (or section.param.key=value for [space.PARAM]) applied to the TOML dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise BoneAgeError(f"--set {item!r}: expected section.key=value, for example train.epochs=3")
+        dotted, _, value = item.partition("=")
+        parts = dotted.strip().split(".")
+        if len(parts) < 2 or parts[0] not in SECTIONS or not all(parts):
+            raise BoneAgeError(f"--set {item!r}: the key must start with one of {', '.join(SECTIONS)}")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise BoneAgeError(f"--set {item!r}: '{p}' is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return raw
+
+
+def _check_section(section: dict[str, Any], keys: dict[str, type], where: str) -> dict[str, Any]:
+    out = {}
+    for k, v in section.items():
+        if k not in keys:
+            raise BoneAgeError(f"unknown key '{where}.{k}' (known: {', '.join(keys)})")
+        want = keys[k]
+        if want is int and isinstance(v, bool) or not isinstance(v, want):
+            raise BoneAgeError(f"'{where}.{k}' must be {want.__name__}, got {v!r}")
+        out[k] = v
+    return out
+
+
+def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | None = None) -> StudySpec:
+    path = find_study_file(study)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BoneAgeError(f"{path}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BoneAgeError(f"{path}: cannot read study file ({exc})") from None
+    raw = apply_overrides(raw, list(overrides or []) + ([f"data.source={data_dir!r}"] if data_dir else []))
+    for section in raw:
+        if section not in SECTIONS:
+            raise BoneAgeError(f"{path}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+    data = dict(DATA_DEFAULTS)
+    data.update(_check_section(raw.get("data", {}), {k: type(v) for k, v in DATA_DEFAULTS.items()}, "data"))
+    if data["max_images"] < 0 or data["phantom_n"] < 20:
+        raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
+    train_values = {k: coerce_field(k, v) for k, v in raw.get("train", {}).items()}
+    if "image_size" in train_values:
+        raise BoneAgeError("set the image size as data.image_size: the cache is built at that size")
+    train = make_config({**train_values, "image_size": data["image_size"]})
+    space = parse_space(raw.get("space", {}))
+    if "image_size" in space:
+        raise BoneAgeError("[space.image_size] is not searchable here: the cache has one size per study")
+    sampler = {"name": "tpe", "seed": 0, **_check_section(raw.get("sampler", {}), SAMPLER_KEYS, "sampler")}
+    pruner = {"name": "median", **_check_section(raw.get("pruner", {}), PRUNER_KEYS, "pruner")}
+    if sampler["name"] not in SAMPLERS:
+        raise BoneAgeError(f"sampler.name = {sampler['name']!r}: use one of {', '.join(SAMPLERS)}")
+    if pruner["name"] not in PRUNERS:
+        raise BoneAgeError(f"pruner.name = {pruner['name']!r}: use one of {', '.join(PRUNERS)}")
+    baseline = make_config(raw.get("baseline", {}), train)
+    name = raw.get("study", {}).get("name", path.stem)
+    return StudySpec(name, path, data, train, space, sampler, pruner, baseline, raw)
+
+
+def spec_summary(spec: StudySpec) -> dict[str, Any]:
+    """What is stored with the study: enough to rebuild any trial's config without the TOML."""
+    return {"train": spec.train.to_dict(), "baseline": spec.baseline.to_dict(), "data": spec.data,
+            "space": {k: dataclasses.asdict(v) for k, v in spec.space.items()}}
