@@ -22,7 +22,7 @@ from boneage_core.data import table_fingerprint
 from boneage_core.errors import BoneAgeError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when decode_image changes what it produces
+CACHE_VERSION = 2  # bump when decode_image changes what it produces
 MIN_SOURCE_PX = 16
 
 
@@ -45,13 +45,13 @@ def to_gray_float(img: Image.Image) -> np.ndarray:
 
 
 def fix_polarity(a: np.ndarray) -> np.ndarray:
-    """Radiographs show bone bright on a dark background; an image whose border is brighter than
-    its centre was stored inverted (MONOCHROME1) and is flipped."""
+    """Radiographs show bone bright on dark air. The border is mostly air: if it is brighter than the
+    image on average, the image was stored inverted (MONOCHROME1) and is flipped. (Comparing with the
+    centre's median instead fails when the hand covers less than half the centre.)"""
     h, w = a.shape
     bh, bw = max(1, h // 10), max(1, w // 10)
     border = np.concatenate([a[:bh].ravel(), a[-bh:].ravel(), a[:, :bw].ravel(), a[:, -bw:].ravel()])
-    centre = a[h // 4 : h - h // 4, w // 4 : w - w // 4]
-    return 1.0 - a if np.median(border) > np.median(centre) else a
+    return 1.0 - a if np.median(border) > a.mean() else a
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
@@ -69,7 +69,9 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
     side = max(h, w)
     square = np.zeros((side, side), np.float32)  # pad with the (dark) background, centred
     square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = a
-    small = Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BOX if side >= 2 * size else Image.Resampling.BILINEAR)
+    small = Image.fromarray(square, mode="F").resize(
+        (size, size), Image.Resampling.BOX if side >= 2 * size else Image.Resampling.BILINEAR
+    )
     return np.clip(np.asarray(small) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -93,13 +95,17 @@ def build_cache(
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size))
     except OSError as exc:
-        raise BoneAgeError(f"cache directory {cache_dir} is not writable ({exc.strerror}); set BONEAGE_CACHE_DIR") from None
+        raise BoneAgeError(
+            f"cache directory {cache_dir} is not writable ({exc.strerror}); set BONEAGE_CACHE_DIR"
+        ) from None
     # PIL releases the GIL while decoding, so threads decode in parallel without pickling arrays
     workers = workers or min(8, os.cpu_count() or 1)
     try:
         with ThreadPoolExecutor(workers) as pool:
             done = pool.map(lambda p: decode_image(p, size), table["path"])
-            for i, img in enumerate(tqdm(done, total=len(table), desc=f"decoding {size}px cache", disable=quiet, unit="img")):
+            for i, img in enumerate(
+                tqdm(done, total=len(table), desc=f"decoding {size}px cache", disable=quiet, unit="img")
+            ):
                 out[i] = img
         out.flush()
         del out

@@ -23,7 +23,7 @@ MAX_AGE_MONTHS = 300.0
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TRUE = {"true", "t", "1", "1.0", "m", "male", "yes"}
-_FALSE = {"false", "f", "0", "0.0", "f", "female", "no"}
+_FALSE = {"false", "f", "0", "0.0", "female", "no"}
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,22 @@ KAGGLE_TRAIN = LabelSource(
 OFFICIAL_VAL = LabelSource(
     "val",
     "Bone Age Validation Set/Validation Dataset.csv",
-    ("Bone Age Validation Set/boneage-validation-dataset-1", "Bone Age Validation Set/boneage-validation-dataset-2",
-     "Bone Age Validation Set"),
-    "Image ID", "Bone Age (months)", "male",
+    (
+        "Bone Age Validation Set/boneage-validation-dataset-1",
+        "Bone Age Validation Set/boneage-validation-dataset-2",
+        "Bone Age Validation Set",
+    ),
+    "Image ID",
+    "Bone Age (months)",
+    "male",
 )
 OFFICIAL_TEST = LabelSource(
     "test",
     "Bone Age Test Set/Bone age ground truth.xlsx",
     ("Bone Age Test Set/Test Set Images", "Bone Age Test Set"),
-    "Case ID", "Ground truth bone age (months)", "Sex",
+    "Case ID",
+    "Ground truth bone age (months)",
+    "Sex",
 )
 # The official training release also ships with its CSV inside a folder of its own name.
 OFFICIAL_TRAIN = LabelSource(
@@ -107,11 +114,9 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
     df.columns = [str(c).strip() for c in df.columns]
     for col in (src.id_col, src.age_col, src.sex_col):
         if col not in df.columns:
-            raise BoneAgeError(
-                f"{path}: required column '{col}' is missing (found: {', '.join(map(str, df.columns))})"
-            )
+            raise BoneAgeError(f"{path}: required column '{col}' is missing (found: {', '.join(map(str, df.columns))})")
     ages = pd.to_numeric(df[src.age_col], errors="coerce")
-    for i, (raw, age) in enumerate(zip(df[src.age_col], ages)):
+    for i, (raw, age) in enumerate(zip(df[src.age_col], ages, strict=True)):
         if not np.isfinite(age) or age < 0 or age > MAX_AGE_MONTHS:
             raise BoneAgeError(
                 f"{path}: row {i + 2}, column '{src.age_col}' = {raw!r} is not an age in months "
@@ -122,7 +127,11 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
     if len(dup):
         raise BoneAgeError(f"{path}: duplicate id {dup.iloc[0]!r} in column '{src.id_col}'")
     return pd.DataFrame(
-        {"id": ids.to_numpy(), "age_months": ages.to_numpy(float), "male": _parse_male(df[src.sex_col], path, src.sex_col)}
+        {
+            "id": ids.to_numpy(),
+            "age_months": ages.to_numpy(float),
+            "male": _parse_male(df[src.sex_col], path, src.sex_col),
+        }
     )
 
 
@@ -274,7 +283,7 @@ def split_table(
 def table_fingerprint(table: pd.DataFrame) -> str:
     """Hash of ids and image files (size, mtime): a changed or added image changes it."""
     h = hashlib.sha256()
-    for case_id, path in zip(table["id"], table["path"]):
+    for case_id, path in zip(table["id"], table["path"], strict=True):
         st = os.stat(path)
         h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -59,7 +59,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise BoneAgeError(f"{path}: refused by torch.load(weights_only=True), it holds more than tensors ({first})") from None
+        raise BoneAgeError(
+            f"{path}: refused by torch.load(weights_only=True), it holds more than tensors ({first})"
+        ) from None
     except Exception as exc:
         raise BoneAgeError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
     for key in ("state_dict", "model"):
@@ -84,7 +86,8 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], s
             got = to_one_channel(got)
         if got.shape != want.shape:
             raise BoneAgeError(
-                f"{source}: wrong architecture for this backbone, '{key}' is {tuple(got.shape)}, expected {tuple(want.shape)}"
+                f"{source}: wrong architecture for this backbone, "
+                f"'{key}' is {tuple(got.shape)}, expected {tuple(want.shape)}"
             )
         clean[key] = got
     backbone.load_state_dict(clean)
@@ -114,16 +117,21 @@ def _resnet50(pretrained: str) -> tuple[nn.Module, int]:
 
 @contextlib.contextmanager
 def _hub_offline():
-    """Without network the HF hub retries for about 47 s; offline mode fails in under a second."""
-    old = os.environ.get("HF_HUB_OFFLINE")
+    """Without network the HF hub retries for about 47 s; offline mode fails in under a second. The hub
+    reads HF_HUB_OFFLINE once at import, so its module constant is switched as well as the variable."""
+    from huggingface_hub import constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if old is None:
+        constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
-            os.environ["HF_HUB_OFFLINE"] = old
+            os.environ["HF_HUB_OFFLINE"] = old_env
 
 
 def _timm(name: str, pretrained: str) -> tuple[nn.Module, int]:

@@ -30,8 +30,14 @@ TRAIN_DIR = "boneage-training-dataset"
 # and their centres in hand coordinates (x right, y down; the wrist sits near y = 0.72).
 CARPAL_ONSET_MONTHS = (3.0, 5.0, 30.0, 40.0, 54.0, 62.0, 70.0, 120.0)
 CARPAL_CENTRES = (
-    (0.50, 0.69), (0.59, 0.68), (0.64, 0.74), (0.55, 0.76),
-    (0.38, 0.70), (0.43, 0.67), (0.44, 0.75), (0.68, 0.71),
+    (0.50, 0.69),
+    (0.59, 0.68),
+    (0.64, 0.74),
+    (0.55, 0.76),
+    (0.38, 0.70),
+    (0.43, 0.67),
+    (0.44, 0.75),
+    (0.68, 0.71),
 )
 # Finger rays: base x on the carpus, angle from vertical (radians), bone lengths (metacarpal, proximal,
 # middle, distal) as fractions of the hand's length. The thumb (first ray) has no middle phalanx.
@@ -107,7 +113,7 @@ def render_hand(age_months: float, male: bool, rng: np.random.Generator) -> np.n
             bone = np.maximum(bone, grow * canvas.ellipse((x, 0.81 - gap), r * (0.5 + 0.5 * grow), 0.014))
 
     # carpal ossification centres: absent before onset, then grow to full size over ~6 years
-    for (cx, cy), onset in zip(CARPAL_CENTRES, CARPAL_ONSET_MONTHS):
+    for (cx, cy), onset in zip(CARPAL_CENTRES, CARPAL_ONSET_MONTHS, strict=True):
         size = np.clip((stage - onset) / 72.0, 0, 1) ** 0.6
         if size > 0:
             r = 0.006 + 0.016 * size

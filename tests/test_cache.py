@@ -1,0 +1,128 @@
+"""boneage_core.cache: decode once (16-bit, RGB, RGBA, inverted, any aspect), hit, invalidate, atomic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import boneage_core.cache as cache_mod
+from boneage_core import BoneAgeError
+from boneage_core.cache import build_cache, decode_image
+from boneage_core.data import load_table
+from tests.conftest import hand_png
+
+
+def _bright_bone_on_dark(size=(60, 40)) -> np.ndarray:
+    a = np.full(size, 20, np.uint8)
+    a[20:40, 15:25] = 230  # a "bone" in the centre
+    return a
+
+
+def test_16bit_image_is_scaled_from_its_range_not_clipped(tmp_path):
+    a = _bright_bone_on_dark().astype(np.uint16) * 4  # values 80 .. 920: all above 255
+    Image.fromarray(a).save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode.startswith("I")
+    out = decode_image(tmp_path / "x.png", 32)
+    # Pillow's convert("L") would make every pixel 255; scaled, background is dark and bone bright
+    assert out.max() >= 200 and np.median(out) < 30
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "I;16"])
+def test_every_mode_decodes_to_the_same_picture(tmp_path, mode):
+    hand_png(tmp_path / "ref.png", 1, mode="L")
+    hand_png(tmp_path / "x.png", 1, mode=mode)
+    ref = decode_image(tmp_path / "ref.png", 32).astype(int)
+    out = decode_image(tmp_path / "x.png", 32).astype(int)
+    assert out.shape == (32, 32) and out.dtype == np.int64
+    assert np.abs(out - ref).mean() < 8
+
+
+def test_inverted_image_is_detected_and_flipped(tmp_path):
+    a = _bright_bone_on_dark()
+    Image.fromarray(a).save(tmp_path / "normal.png")
+    Image.fromarray(255 - a).save(tmp_path / "inverted.png")
+    normal = decode_image(tmp_path / "normal.png", 32).astype(int)
+    fixed = decode_image(tmp_path / "inverted.png", 32).astype(int)
+    assert np.abs(normal - fixed).max() <= 2
+
+
+def test_aspect_ratio_is_kept_by_padding_with_background(tmp_path):
+    a = np.full((80, 20), 10, np.uint8)  # tall and thin: a bright bone on dark air
+    a[4:-4, 4:-4] = 200
+    Image.fromarray(a).save(tmp_path / "tall.png")
+    out = decode_image(tmp_path / "tall.png", 40)
+    # 80x20 -> padded to 80x80 -> 40x40: the bone is 6 px wide in the middle, dark padding either side
+    assert out[:, :14].max() < 30 and out[:, -14:].max() < 30
+    assert out[20, 18:22].min() > 150
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "not a readable image"),
+        (b"this is not a png", "not a readable image"),
+        ("truncated", "not a readable image"),
+        ("tiny", "too small"),
+    ],
+)
+def test_broken_images_raise_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    if content == "truncated":
+        hand_png(path, 1)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content == "tiny":
+        Image.fromarray(np.zeros((1, 1), np.uint8)).save(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(BoneAgeError, match=message) as info:
+        decode_image(path, 32)
+    assert "bad.png" in str(info.value)
+
+
+def test_cache_hits_without_decoding_and_misses_on_change(kaggle_dir, tmp_path, monkeypatch):
+    table = load_table(kaggle_dir)
+    calls = []
+    real = cache_mod.decode_image
+    monkeypatch.setattr(cache_mod, "decode_image", lambda p, s: calls.append(p) or real(p, s))
+    first = build_cache(table, 32, tmp_path / "c", quiet=True)
+    assert first.shape == (12, 32, 32) and first.dtype == np.uint8 and len(calls) == 12
+    assert isinstance(first, np.memmap)
+    second = build_cache(table, 32, tmp_path / "c", quiet=True)
+    assert len(calls) == 12 and np.array_equal(first, second)  # hit: nothing decoded
+    build_cache(table, 40, tmp_path / "c", quiet=True)  # another size is another cache
+    assert len(calls) == 24
+    # a changed image invalidates the cache
+    changed = kaggle_dir / "boneage-training-dataset" / "1380.png"
+    hand_png(changed, 3, size=(90, 70))
+    third = build_cache(load_table(kaggle_dir), 32, tmp_path / "c", quiet=True)
+    assert len(calls) == 36 and not np.array_equal(first[3], third[3])
+    # so does an added image
+    hand_png(kaggle_dir / "boneage-training-dataset" / "5000.png", 2)
+    csv = kaggle_dir / "boneage-training-dataset.csv"
+    csv.write_text(csv.read_text() + "5000,100,True\n")
+    assert build_cache(load_table(kaggle_dir), 32, tmp_path / "c", quiet=True).shape[0] == 13
+
+
+def test_killed_cache_build_leaves_no_cache_that_looks_complete(kaggle_dir, tmp_path, monkeypatch):
+    table = load_table(kaggle_dir)
+    real = cache_mod.decode_image
+
+    def dies_halfway(path, size):
+        if path.endswith("1385.png"):
+            raise KeyboardInterrupt
+        return real(path, size)
+
+    monkeypatch.setattr(cache_mod, "decode_image", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(table, 32, tmp_path / "c", quiet=True)
+    assert list((tmp_path / "c").iterdir()) == []  # no partial file under any name
+    monkeypatch.setattr(cache_mod, "decode_image", real)
+    assert build_cache(table, 32, tmp_path / "c", quiet=True)[8].max() > 0
+
+
+def test_unwritable_cache_dir_is_a_clear_error(kaggle_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BoneAgeError, match="not writable"):
+        build_cache(load_table(kaggle_dir), 32, blocker / "sub", quiet=True)

@@ -1,0 +1,127 @@
+"""boneage_core.data: every RSNA layout as downloaded -> one clean table; bad files -> one clear error."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from boneage_core import BoneAgeError
+from boneage_core.data import DataReport, load_table, split_table
+from tests.conftest import hand_png, make_kaggle
+
+
+def test_kaggle_layout_reads_ids_ages_sex_and_paths(kaggle_dir):
+    table = load_table(kaggle_dir)
+    assert list(table.columns) == ["id", "path", "age_months", "male", "split"]
+    assert len(table) == 12 and set(table["split"]) == {"train"}
+    assert table["age_months"].tolist()[:3] == [20.0, 35.0, 50.0]
+    assert table["male"].tolist()[:2] == [True, False]
+    assert all(os.path.isfile(p) for p in table["path"])
+
+
+def test_doubled_kaggle_folder_is_found(tmp_path):
+    table = load_table(make_kaggle(tmp_path / "k", doubled=True))
+    assert len(table) == 12
+    assert all("boneage-training-dataset/boneage-training-dataset" in p for p in table["path"])
+
+
+@pytest.mark.parametrize("values", [("TRUE", "FALSE"), ("1", "0"), ("True", "False"), ("M", "F")])
+def test_sex_spellings_are_understood(tmp_path, values):
+    table = load_table(make_kaggle(tmp_path / "k", n=4, male_values=values))
+    assert table["male"].tolist() == [True, False, True, False]
+
+
+def test_official_release_uses_its_validation_and_xlsx_test_sets(official_dir):
+    table = load_table(official_dir)
+    counts = table["split"].value_counts().to_dict()
+    assert counts == {"train": 10, "val": 6, "test": 4}
+    val = table[table["split"] == "val"]
+    # the validation images lie in two folders
+    assert {os.path.basename(os.path.dirname(p)) for p in val["path"]} == {
+        "boneage-validation-dataset-1",
+        "boneage-validation-dataset-2",
+    }
+    test = table[table["split"] == "test"].sort_values("id")
+    assert test["male"].tolist() == [False, True, False, True]  # Sex F/M
+    assert test["age_months"].tolist() == [50.0, 80.0, 110.0, 140.0]
+    # official splits are kept as they are
+    assert split_table(table, seed=0)["split"].value_counts().to_dict() == counts
+
+
+def test_seeded_split_is_stratified_saved_and_reused(tmp_path):
+    table = load_table(make_kaggle(tmp_path / "k", n=60))
+    split_file = tmp_path / "split.csv"
+    first = split_table(table, seed=3, split_file=split_file)
+    assert split_file.is_file()
+    assert set(first["split"]) == {"train", "val", "test"}
+    assert first["split"].value_counts()["train"] > 30
+    again = split_table(table, seed=3, split_file=split_file)
+    assert again["split"].tolist() == first["split"].tolist()
+    # the saved file wins over the seed: a rerun never reshuffles
+    assert split_table(table, seed=99, split_file=split_file)["split"].tolist() == first["split"].tolist()
+    assert split_table(table, seed=99)["split"].tolist() != first["split"].tolist()
+
+
+def test_a_few_missing_images_are_skipped_and_counted(kaggle_dir):
+    (kaggle_dir / "boneage-training-dataset" / "1377.png").unlink()
+    report = DataReport()
+    table = load_table(kaggle_dir, report)
+    assert len(table) == 11 and report.missing_images["train"] == 1
+
+
+def test_image_symlink_pointing_outside_the_data_dir_is_ignored(kaggle_dir, tmp_path):
+    outside = tmp_path / "secret.png"
+    hand_png(outside, 1)
+    target = kaggle_dir / "boneage-training-dataset" / "1377.png"
+    target.unlink()
+    target.symlink_to(outside)
+    table = load_table(kaggle_dir)
+    assert "1377" not in set(table["id"])
+
+
+def _edit_csv(root, **changes):
+    path = root / "boneage-training-dataset.csv"
+    df = pd.read_csv(path, dtype=str)
+    for fn in changes.values():
+        df = fn(df)
+    df.to_csv(path, index=False)
+
+
+BAD_TABLES = [
+    ("missing column", lambda df: df.drop(columns=["boneage"]), "column 'boneage' is missing"),
+    ("non-numeric age", lambda df: df.assign(boneage=["abc"] + list(df.boneage[1:])), "'abc' is not an age"),
+    ("negative age", lambda df: df.assign(boneage=["-3"] + list(df.boneage[1:])), "= -3 is not an age"),
+    ("NaN age", lambda df: df.assign(boneage=[""] + list(df.boneage[1:])), "is not an age"),
+    ("age above 300", lambda df: df.assign(boneage=["301"] + list(df.boneage[1:])), "= 301 is not an age"),
+    ("unknown sex", lambda df: df.assign(male=["maybe"] + list(df.male[1:])), "unrecognised sex value 'maybe'"),
+    ("duplicate id", lambda df: df.assign(id=[df.id[1]] + list(df.id[1:])), "duplicate id"),
+]
+
+
+@pytest.mark.parametrize("case,edit,message", BAD_TABLES, ids=[c[0] for c in BAD_TABLES])
+def test_bad_label_file_names_the_problem(kaggle_dir, case, edit, message):
+    _edit_csv(kaggle_dir, edit=edit)
+    with pytest.raises(BoneAgeError, match="boneage-training-dataset.csv") as info:
+        load_table(kaggle_dir)
+    assert message in str(info.value)
+
+
+def test_directory_problems_name_the_directory(tmp_path):
+    with pytest.raises(BoneAgeError, match="does not exist"):
+        load_table(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BoneAgeError, match="is empty"):
+        load_table(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hi")
+    with pytest.raises(BoneAgeError, match="no training label file"):
+        load_table(tmp_path / "other")
+
+
+def test_every_image_missing_is_an_error(kaggle_dir):
+    for p in (kaggle_dir / "boneage-training-dataset").iterdir():
+        p.unlink()
+    with pytest.raises(BoneAgeError, match="none of its 12 images was found"):
+        load_table(kaggle_dir)
