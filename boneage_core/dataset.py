@@ -53,7 +53,9 @@ def resolve_source(source: str, phantom_n: int, seed: int, cache_dir: Path | Non
         try:
             write_phantom(root, phantom_n, seed)
         except OSError as exc:
-            raise BoneAgeError(f"cannot write the phantom dataset to {root} ({exc.strerror}); set BONEAGE_CACHE_DIR") from None
+            raise BoneAgeError(
+                f"cannot write the phantom dataset to {root} ({exc.strerror}); set BONEAGE_CACHE_DIR"
+            ) from None
     return root
 
 

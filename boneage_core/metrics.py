@@ -40,3 +40,31 @@ def regression_metrics(
 
 def mae_months(pred_months: np.ndarray, true_months: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred_months, float) - np.asarray(true_months, float))))
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-image values (absolute errors, or paired differences
+    of absolute errors): images are resampled with replacement, n_boot times."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError("bootstrap needs a non-empty 1-D array")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_mae_difference(
+    pred_a: np.ndarray, pred_b: np.ndarray, true_months: np.ndarray, seed: int = 0
+) -> dict[str, float]:
+    """MAE(a) - MAE(b) on the same images with a paired bootstrap CI: negative means a is better.
+    p_a_not_better is the share of resamples in which a is not better (a one-sided bootstrap p)."""
+    true = np.asarray(true_months, float)
+    diff = np.abs(np.asarray(pred_a, float) - true) - np.abs(np.asarray(pred_b, float) - true)
+    lo, hi = bootstrap_ci(diff, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    means = diff[rng.integers(0, len(diff), size=(2000, len(diff)))].mean(axis=1)
+    return {"mae_diff_months": float(diff.mean()), "ci_low": lo, "ci_high": hi,
+            "p_a_not_better": float(np.mean(means >= 0))}

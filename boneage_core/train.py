@@ -52,6 +52,8 @@ class FitResult:
     val_pred_months: np.ndarray | None = None  # predictions of the last epoch on the eval split
     metrics: dict[str, float] = field(default_factory=dict)  # full metrics of the last epoch
     model: BoneAgeNet | None = None
+    target_mean: float = 0.0  # months: the model predicts (age - mean) / std of the training ages
+    target_std: float = 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,8 +156,10 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     checkpoint: str | Path | None = None,
     quiet: bool = True,
+    eval_each_epoch: bool = True,
 ) -> FitResult:
-    """Train cfg on train, evaluate MAE in months on val after every epoch.
+    """Train cfg on train, evaluate MAE in months on val after every epoch (or only after the last,
+    when val is a test set that must not be looked at along the way).
 
     With checkpoint, every epoch is saved there and a rerun with the same config resumes after the
     last saved epoch.
@@ -195,31 +199,46 @@ def fit(
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, optimizer, scheduler, tr_images, tr_targets, tr_male, cfg, generator, scaler)
+        train_loss = train_one_epoch(
+            model, optimizer, scheduler, tr_images, tr_targets, tr_male, cfg, generator, scaler
+        )
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {cfg.lr:g})")
-        pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
-        if not np.all(np.isfinite(pred)):
-            raise TrainingDiverged(f"predictions became non-finite in epoch {epoch + 1} (lr {cfg.lr:g})")
-        metrics = regression_metrics(pred, val.age_months, val.male)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_mae_months": metrics["mae_months"],
-               "val_rmse_months": metrics["rmse_months"], "epoch_time_s": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, "train_loss": train_loss}
+        if eval_each_epoch or epoch + 1 == cfg.epochs:
+            pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
+            if not np.all(np.isfinite(pred)):
+                raise TrainingDiverged(f"predictions became non-finite in epoch {epoch + 1} (lr {cfg.lr:g})")
+            metrics = regression_metrics(pred, val.age_months, val.male)
+            row.update(val_mae_months=metrics["mae_months"], val_rmse_months=metrics["rmse_months"])
+            result.val_pred_months, result.metrics = pred, metrics
+        row["epoch_time_s"] = time.perf_counter() - t0
         result.history.append(row)
-        result.val_pred_months, result.metrics = pred, metrics
         if not quiet:
             print(json.dumps(row), flush=True)
         if ckpt is not None:
-            _save_checkpoint(ckpt, {
-                "config": json.dumps(cfg.to_dict()), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "history": json.dumps(result.history),
-            })
+            _save_checkpoint(
+                ckpt,
+                {
+                    "config": json.dumps(cfg.to_dict()),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "history": json.dumps(result.history),
+                },
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     if result.val_pred_months is None:  # resumed after the last epoch: evaluate the saved model once
         pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
         result.val_pred_months, result.metrics = pred, regression_metrics(pred, val.age_months, val.male)
-    result.model = model
+    result.model, result.target_mean, result.target_std = model, mean, std
     return result
 
+
+def predict_months(result: FitResult, split: Split, cfg: TrainConfig) -> np.ndarray:
+    """Predictions in months of a fitted model on any split (cfg.tta_flip decides on flip averaging)."""
+    device = next(result.model.parameters()).device
+    images, male = _to_device(split, device)
+    return (evaluate(result.model, images, male, cfg) * result.target_std + result.target_mean).cpu().numpy()

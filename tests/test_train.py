@@ -1,0 +1,134 @@
+"""boneage_core.train and the phantom: fit learns, reports each epoch, stops on NaN, resumes, repeats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import boneage_core.train as train_mod
+from boneage_core import BoneAgeError, TrainingDiverged
+from boneage_core.config import TrainConfig
+from boneage_core.data import load_table
+from boneage_core.dataset import prepare
+from boneage_core.phantom import (
+    LABEL_NOISE_SD_MONTHS,
+    NOISE_FLOOR_MAE_MONTHS,
+    generate_image,
+    maturity_stage,
+    render_hand,
+    write_phantom,
+)
+from boneage_core.train import fit
+
+CFG = TrainConfig(backbone="resnet50", image_size=32, epochs=3, batch_size=8, lr=1e-3, aug_strength=0.3, head_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("c")
+    p = prepare("phantom", 32, seed=0, phantom_n=60, cache_dir=cache)
+    return p.split("train"), p.split("val")
+
+
+def test_phantom_is_deterministic_per_seed_and_index():
+    a, age_a, male_a, _ = generate_image(0, 5)
+    b, age_b, male_b, _ = generate_image(0, 5)
+    c, *_ = generate_image(0, 6)
+    assert np.array_equal(a, b) and age_a == age_b and male_a == male_b
+    assert not np.array_equal(a, c)
+
+
+def test_phantom_anatomy_matures_with_age_and_girls_mature_earlier():
+    def bone_signal(age, male):
+        img = render_hand(age, male, np.random.default_rng(7))
+        return float((img > 0.4).sum())  # bright pixels: ossified, mineralised bone
+
+    signals = [bone_signal(age, True) for age in (12, 60, 120, 180, 228)]
+    assert signals == sorted(signals) and signals[-1] > 2 * signals[0]
+    assert maturity_stage(100, male=False) > maturity_stage(100, male=True)
+    assert bone_signal(100, male=False) > bone_signal(100, male=True)
+
+
+def test_phantom_written_in_kaggle_layout_reads_back_through_the_loader(tmp_path):
+    write_phantom(tmp_path / "ph", 30, seed=1, workers=1)
+    table = load_table(tmp_path / "ph")
+    assert len(table) == 30 and table["age_months"].between(0, 300).all()
+    assert 0 < table["male"].sum() < 30
+    assert NOISE_FLOOR_MAE_MONTHS == pytest.approx(0.798 * LABEL_NOISE_SD_MONTHS, rel=1e-3)
+
+
+def test_fit_lowers_the_loss_and_reports_every_epoch_in_months(small):
+    train, val = small
+    seen = []
+    result = fit(CFG, train, val, on_epoch_end=lambda epoch, row: seen.append((epoch, row)))
+    assert [e for e, _ in seen] == [1, 2, 3]
+    losses = [row["train_loss"] for _, row in seen]
+    assert losses[-1] < losses[0]
+    assert result.val_pred_months.shape == (len(val),)
+    assert result.metrics["mae_months"] == pytest.approx(seen[-1][1]["val_mae_months"])
+    assert 0 < result.metrics["mae_months"] < 300
+
+
+def test_fit_is_reproducible_for_a_seed(small):
+    train, val = small
+    cfg = TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=2, batch_size=8, head_hidden=16)
+    a, b = fit(cfg, train, val), fit(cfg, train, val)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert np.array_equal(a.val_pred_months, b.val_pred_months)
+
+
+def test_exception_from_on_epoch_end_stops_training(small):
+    train, val = small
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(epoch, row):
+        calls.append(epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(CFG, train, val, on_epoch_end=hook)
+    assert calls == [1]
+
+
+def test_nan_loss_stops_the_run_as_diverged(small, monkeypatch):
+    train, val = small
+    monkeypatch.setattr(train_mod, "loss_fn", lambda name, pred, target: (pred - target).mean() * float("nan"))
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        fit(CFG, train, val)
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(small, tmp_path):
+    train, val = small
+    cfg = TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=3, batch_size=8, head_hidden=16)
+    ckpt = tmp_path / "run.pt"
+
+    def die_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, train, val, on_epoch_end=die_after_two, checkpoint=ckpt)
+    assert ckpt.is_file()
+    resumed_epochs = []
+    resumed = fit(cfg, train, val, on_epoch_end=lambda e, r: resumed_epochs.append(e), checkpoint=ckpt)
+    assert resumed_epochs == [3]  # epochs 1 and 2 came from the checkpoint
+    straight = fit(cfg, train, val)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in straight.history], rel=1e-4
+    )
+    with pytest.raises(BoneAgeError, match="another config"):
+        fit(
+            TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=3, batch_size=4, head_hidden=16),
+            train,
+            val,
+            checkpoint=ckpt,
+        )
+
+
+def test_batch_size_above_the_training_set_is_refused(small):
+    train, val = small
+    with pytest.raises(BoneAgeError, match="batch_size = 512 is above"):
+        fit(TrainConfig(image_size=32, batch_size=512), train, val)
