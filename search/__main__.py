@@ -43,17 +43,29 @@ def get_args_parser() -> Parser:
     common.add_argument("--study", default="demo", help="a name in studies/ or a path to a TOML file (default: demo)")
     common.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite:///studies/<study>.db)")
     common.add_argument("--data", help="directory with RSNA data as downloaded (same as --set data.source=DIR)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a study field, repeatable (e.g. --set train.epochs=3)")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a study field, repeatable (e.g. --set train.epochs=3)",
+    )
     common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     parser = Parser(prog="python -m search", description="Tune and benchmark bone-age models with Optuna.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", parents=[common], help="search until the study holds N finished trials")
-    run.add_argument("--trials", type=positive_int, default=50, help="finished trials the study should hold (default 50)")
+    run.add_argument(
+        "--trials", type=positive_int, default=50, help="finished trials the study should hold (default 50)"
+    )
     run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     run.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
     sub.add_parser("baseline", parents=[common], help="train the seed recipe on the study's data and record it")
+    rt = sub.add_parser("retrain", parents=[common], help="best params and the seed baseline on train+val -> test MAE")
+    rt.add_argument("--seeds", type=positive_int, default=1, help="seeds per recipe: mean and SD (default 1)")
+    rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging")
+    sub.add_parser("report", parents=[common], help="summary, trials.csv and figures into results/<study>/")
     sub.add_parser("status", parents=[common], help="trials by state, best so far, baseline, time spent")
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the study storage")
     dash.add_argument("--port", type=positive_int, default=8080)
@@ -79,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
+    from search.runner import SearchFailing
+
     try:
         return dispatch(args, argv)
     except BoneAgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SearchFailing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: the study is saved; rerun the same command to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

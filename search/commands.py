@@ -20,16 +20,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     spec, url = _spec_and_url(args)
     if not args.quiet:
-        print(f"study '{spec.name}' in {redact(url)}: searching {', '.join(spec.space) or 'nothing'} "
-              f"until {args.trials} trials have finished", flush=True)
+        print(
+            f"study '{spec.name}' in {redact(url)}: searching {', '.join(spec.space) or 'nothing'} "
+            f"until {args.trials} trials have finished",
+            flush=True,
+        )
     start = time.monotonic()
     worker_argv = [a for a in argv if a not in ("--quiet",)]
-    out = run_study(spec, url, args.trials, args.workers, args.timeout, args.quiet,
-                    worker_argv=_strip_option(worker_argv, "--workers"))
+    out = run_study(
+        spec,
+        url,
+        args.trials,
+        args.workers,
+        args.timeout,
+        args.quiet,
+        worker_argv=_strip_option(worker_argv, "--workers"),
+    )
     if not args.quiet:
         best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
-        print(f"{out.finished} finished trials ({out.pruned} pruned, {out.failed} failed), best val MAE {best}, "
-              f"{time.monotonic() - start:.0f} s this run")
+        print(
+            f"{out.finished} finished trials ({out.pruned} pruned, {out.failed} failed), best val MAE {best}, "
+            f"{time.monotonic() - start:.0f} s this run"
+        )
         if out.timed_out:
             print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
     return 0
@@ -53,11 +65,53 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     spec, url = _spec_and_url(args)
     b = spec.baseline
     if not args.quiet:
-        print(f"seed baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
-              f"{b.epochs} epochs, batch {b.batch_size}", flush=True)
+        print(
+            f"seed baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+            f"{b.epochs} epochs, batch {b.batch_size}",
+            flush=True,
+        )
     record = run_baseline(spec, url, args.quiet)
-    print(f"baseline val MAE {record['val_mae_months']:.2f} months ({record['wall_time_s']:.0f} s), "
-          f"recorded in {redact(url)}")
+    print(
+        f"baseline val MAE {record['val_mae_months']:.2f} months ({record['wall_time_s']:.0f} s); "
+        f"mean predictor {record['mean_predictor_val_mae_months']:.2f} months; recorded in {redact(url)}"
+    )
+    return 0
+
+
+def retrain(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.retrain import retrain as run_retrain
+    from search.runner import load_study
+    from search.specs import apply_overrides
+
+    spec, url = _spec_and_url(args)
+    train_overrides = apply_overrides({}, [o for o in args.overrides if o.startswith("train.")]).get("train", {})
+    study = load_study(spec, url, heartbeat=False)
+    out = run_retrain(spec, study, seeds=args.seeds, tta=args.tta, train_overrides=train_overrides, quiet=args.quiet)
+    for name, r in out["recipes"].items():
+        sd = f" +- {r['mae_sd']:.2f} (SD over {out['seeds']} seeds)" if out["seeds"] > 1 else ""
+        tta = f"; with flip TTA {r['tta_flip_mae_mean']:.2f}" if "tta_flip_mae_mean" in r else ""
+        print(
+            f"{name}: test MAE {r['mae_mean']:.2f} months{sd}, 95% CI {r['mae_ci_low']:.2f} to "
+            f"{r['mae_ci_high']:.2f}{tta}"
+        )
+    d = out["best_minus_baseline"]
+    print(
+        f"best - baseline: {d['mae_diff_months']:+.2f} months (95% CI {d['ci_low']:+.2f} to {d['ci_high']:+.2f}) "
+        f"on the same {out['n_test']} test images; written to results/{spec.name}/"
+    )
+    return 0
+
+
+def report(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.report import write_report
+    from search.runner import load_study
+
+    spec, url = _spec_and_url(args)
+    try:
+        out = write_report(load_study(spec, url, heartbeat=False))
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
+    print(f"report written to {out}/ (open {out}/index.html)")
     return 0
 
 
@@ -86,7 +140,9 @@ def data(args: argparse.Namespace) -> int:
             out = write_phantom(args.out, args.n, args.seed)
         except OSError as exc:
             raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
-        print(f"wrote {args.n} phantom radiographs to {out} (label noise floor: MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months)")
+        print(
+            f"wrote {args.n} phantom radiographs to {out} (label noise floor: MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months)"
+        )
         return 0
     if args.data_command == "check":
         from search.datatools import check_directory, require_readable

@@ -25,6 +25,9 @@ def serve(url: str, host: str, port: int) -> None:
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the dashboard listens on %s: anyone who can reach this address can read the study", host)
     check_port_free(host, port)
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url)
     print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
-    run_server(storage, host=host, port=port)
+    try:
+        run_server(storage, host=host, port=port)
+    except KeyboardInterrupt:  # Ctrl-C is how a dashboard is meant to stop
+        print("dashboard stopped")

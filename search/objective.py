@@ -16,8 +16,12 @@ from search.specs import StudySpec
 # Trial failures that say something about the parameters, not about the program: the trial is
 # recorded as failed with its reason and the search goes on.
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, BoneAgeError)
-CLAIMED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-           optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+CLAIMED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.RUNNING,
+    optuna.trial.TrialState.WAITING,
+)
 
 
 class BudgetReached(Exception):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,14 +15,16 @@ import torch
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from boneage_core import BoneAgeError
 from boneage_core.dataset import Prepared, prepare
 from search.objective import TRIAL_FAILURES, BudgetReached, make_objective
 from search.space import space_signature
 from search.specs import StudySpec, spec_summary
-from search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, check_space_matches, open_storage, redact
+from search.storage import check_space_matches, open_storage, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-WORKER_ENV = "BONEAGE_WORKER_INDEX"
+WORKER_ENV = "BONEAGE_WORKER_INDEX"  # set in the worker processes that `run --workers K` starts
+WORKERS_ENV = "BONEAGE_WORKERS"
 
 
 @dataclass
@@ -46,19 +48,33 @@ def make_sampler(spec: StudySpec, offset: int) -> optuna.samplers.BaseSampler:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p, epochs = spec.pruner, spec.train.epochs
     if p["name"] == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.get("n_startup_trials", 5), n_warmup_steps=p.get("n_warmup_steps", 1))
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.get("n_startup_trials", 5), n_warmup_steps=p.get("n_warmup_steps", 1)
+        )
     if p["name"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.get("min_resource", 1), max_resource=epochs, reduction_factor=p.get("reduction_factor", 3))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.get("min_resource", 1), max_resource=epochs, reduction_factor=p.get("reduction_factor", 3)
+        )
     if p["name"] == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.get("min_resource", 1), reduction_factor=p.get("reduction_factor", 3))
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.get("min_resource", 1), reduction_factor=p.get("reduction_factor", 3)
+        )
     return optuna.pruners.NopPruner()
 
 
 def load_study(spec: StudySpec, url: str, offset: int = 0, heartbeat: bool = True) -> optuna.Study:
-    storage = open_storage(url, heartbeat=heartbeat)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
-                                sampler=make_sampler(spec, offset), pruner=make_pruner(spec), load_if_exists=True)
+    storage = open_storage(url, heartbeat=(spec.heartbeat_interval_s, spec.grace_period_s) if heartbeat else None)
+    # Optuna logs every failed trial with its traceback; the runner prints one line instead, and the
+    # reason is stored in the trial's fail_reason attr
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction="minimize",
+        sampler=make_sampler(spec, offset),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
     return study
 
 
@@ -72,8 +88,38 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 def prepare_search_data(spec: StudySpec, quiet: bool) -> Prepared:
     """Train and val only: the test split is never read by the search."""
     d = spec.data
-    return prepare(d["source"], d["image_size"], seed=d["seed"], max_images=d["max_images"],
-                   phantom_n=d["phantom_n"], quiet=quiet, splits=("train", "val"))
+    return prepare(
+        d["source"],
+        d["image_size"],
+        seed=d["seed"],
+        max_images=d["max_images"],
+        phantom_n=d["phantom_n"],
+        quiet=quiet,
+        splits=("train", "val"),
+    )
+
+
+def preflight(spec: StudySpec, n_train: int) -> None:
+    """Catch a study that can only fail before any trial runs: every batch size the space can draw must
+    fit the training set, and the fixed backbone and weights must load."""
+    from boneage_core.models import build_model
+
+    p = spec.space.get("batch_size")
+    largest = max(p.choices) if p and p.type == "categorical" else int(p.high) if p else spec.train.batch_size
+    if largest > n_train:
+        raise BoneAgeError(f"batch_size {largest} is above the {n_train} training images; lower it or use more images")
+    build_model(spec.train)
+
+
+class SearchFailing(RuntimeError):
+    """Trial after trial fails: stop instead of burning the budget."""
+
+
+def _check_failures(study: optuna.Study, limit: int = 5) -> None:
+    recent = study.get_trials(deepcopy=False)[-limit:]
+    reasons = [t.user_attrs.get("fail_reason", "") for t in recent if t.state == TrialState.FAIL]
+    if len(recent) == limit and len(reasons) == limit and not any("not run:" in r for r in reasons):
+        raise SearchFailing(f"the last {limit} trials failed; the last one: {reasons[-1] or 'see the study'}")
 
 
 def _spawn_workers(k: int, argv: list[str]) -> list[subprocess.Popen]:
@@ -81,20 +127,28 @@ def _spawn_workers(k: int, argv: list[str]) -> list[subprocess.Popen]:
     procs = []
     gpus = torch.cuda.device_count()
     for i in range(1, k + 1):
-        env = dict(os.environ, **{WORKER_ENV: str(i)})
+        env = dict(os.environ, **{WORKER_ENV: str(i), WORKERS_ENV: str(k + 1)})
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         procs.append(subprocess.Popen([sys.executable, "-m", "search", *argv, "--workers", "1", "--quiet"], env=env))
     return procs
 
 
-def run_study(spec: StudySpec, url: str, n_trials: int, workers: int = 1, timeout_s: float | None = None,
-              quiet: bool = False, worker_argv: list[str] | None = None) -> RunOutcome:
+def run_study(
+    spec: StudySpec,
+    url: str,
+    n_trials: int,
+    workers: int = 1,
+    timeout_s: float | None = None,
+    quiet: bool = False,
+    worker_argv: list[str] | None = None,
+) -> RunOutcome:
     worker_index = int(os.environ.get(WORKER_ENV, "0"))
-    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("BONEAGE_WORKERS", workers)))
-    torch.set_num_threads(threads)
+    # K workers on one machine share its cores instead of each starting a thread per core
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, workers))))
     data = prepare_search_data(spec, quiet)
     train, val = data.split("train"), data.split("val")
+    preflight(spec, len(train))
     study = load_study(spec, url)
     check_space_matches(study, space_signature(spec.space), str(spec.path))
     if "spec" not in study.user_attrs:
@@ -106,9 +160,21 @@ def run_study(spec: StudySpec, url: str, n_trials: int, workers: int = 1, timeou
     objective = make_objective(spec, train, val, n_trials)
     start = time.monotonic()
     c = counts(study)
-    bar = tqdm(total=n_trials, initial=min(c[TrialState.COMPLETE] + c[TrialState.PRUNED], n_trials),
-               desc=f"study {spec.name}", unit="trial", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(
+        total=n_trials,
+        initial=min(c[TrialState.COMPLETE] + c[TrialState.PRUNED], n_trials),
+        desc=f"study {spec.name}",
+        unit="trial",
+        disable=quiet,
+        dynamic_ncols=True,
+    )
     timed_out = False
+
+    def tell(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = trial.user_attrs.get("fail_reason", "")
+        if trial.state == TrialState.FAIL and not quiet and not reason.startswith("not run:"):
+            tqdm.write(f"trial {trial.number} failed: {reason or 'see the study'}", file=sys.stderr)
+
     try:
         while True:
             c = counts(study)
@@ -122,14 +188,21 @@ def run_study(spec: StudySpec, url: str, n_trials: int, workers: int = 1, timeou
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 timed_out = True
                 break
-            if done + c[TrialState.RUNNING] + c[TrialState.WAITING] >= n_trials:
-                # the rest is running elsewhere; wait in case a worker dies and its trial must be redone
+            if done + c[TrialState.RUNNING] >= n_trials:
+                # the rest is running elsewhere; wait in case a worker dies and its trial must be redone.
+                # (WAITING trials, such as a dead worker's retried one, are what the next ask() runs.)
                 optuna.storages.fail_stale_trials(study)
-                time.sleep(min(HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S) / 2)
+                time.sleep(spec.heartbeat_interval_s / 2)
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=1, catch=(*TRIAL_FAILURES, BudgetReached), gc_after_trial=False)
+                study.optimize(objective, n_trials=1, catch=(*TRIAL_FAILURES, BudgetReached), callbacks=[tell])
+            _check_failures(study)
+    except BaseException:
+        for p in extra:  # Ctrl-C or a crash here: the workers end their trials too
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        raise
     finally:
         bar.close()
         for p in extra:
@@ -139,7 +212,8 @@ def run_study(spec: StudySpec, url: str, n_trials: int, workers: int = 1, timeou
                 p.wait()
     c = counts(study)
     best = study.best_value if c[TrialState.COMPLETE] else None
-    return RunOutcome(c[TrialState.COMPLETE] + c[TrialState.PRUNED], c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out)
+    return RunOutcome(
+        c[TrialState.COMPLETE] + c[TrialState.PRUNED], c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out
+    )
 
 
-logging.getLogger("optuna").setLevel(logging.WARNING)

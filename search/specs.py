@@ -19,7 +19,14 @@ DATA_DEFAULTS: dict[str, Any] = {"source": "phantom", "image_size": 64, "max_ima
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 SAMPLER_KEYS = {"name": str, "seed": int, "n_startup_trials": int}
-PRUNER_KEYS = {"name": str, "n_startup_trials": int, "n_warmup_steps": int, "min_resource": int, "reduction_factor": int}
+STUDY_KEYS = {"name": str, "heartbeat_interval": int, "grace_period": int}
+PRUNER_KEYS = {
+    "name": str,
+    "n_startup_trials": int,
+    "n_warmup_steps": int,
+    "min_resource": int,
+    "reduction_factor": int,
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class StudySpec:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     baseline: TrainConfig  # the seed recipe: train with [baseline] applied, never searched
+    heartbeat_interval_s: int = 10
+    grace_period_s: int = 30  # a RUNNING trial silent this long belongs to a dead worker
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -119,11 +128,36 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
     if pruner["name"] not in PRUNERS:
         raise BoneAgeError(f"pruner.name = {pruner['name']!r}: use one of {', '.join(PRUNERS)}")
     baseline = make_config(raw.get("baseline", {}), train)
-    name = raw.get("study", {}).get("name", path.stem)
-    return StudySpec(name, path, data, train, space, sampler, pruner, baseline, raw)
+    study = {
+        "name": path.stem,
+        "heartbeat_interval": 10,
+        "grace_period": 30,
+        **_check_section(raw.get("study", {}), STUDY_KEYS, "study"),
+    }
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", study["name"]):
+        raise BoneAgeError(f"study.name = {study['name']!r}: use letters, digits, '_', '-' and '.' only")
+    if not 0 < study["heartbeat_interval"] < study["grace_period"]:
+        raise BoneAgeError("study.heartbeat_interval must be positive and below study.grace_period")
+    return StudySpec(
+        study["name"],
+        path,
+        data,
+        train,
+        space,
+        sampler,
+        pruner,
+        baseline,
+        study["heartbeat_interval"],
+        study["grace_period"],
+        raw,
+    )
 
 
 def spec_summary(spec: StudySpec) -> dict[str, Any]:
     """What is stored with the study: enough to rebuild any trial's config without the TOML."""
-    return {"train": spec.train.to_dict(), "baseline": spec.baseline.to_dict(), "data": spec.data,
-            "space": {k: dataclasses.asdict(v) for k, v in spec.space.items()}}
+    return {
+        "train": spec.train.to_dict(),
+        "baseline": spec.baseline.to_dict(),
+        "data": spec.data,
+        "space": {k: dataclasses.asdict(v) for k, v in spec.space.items()},
+    }

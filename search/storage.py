@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from boneage_core import BoneAgeError
 
-HEARTBEAT_INTERVAL_S = 10
-GRACE_PERIOD_S = 30  # a trial silent this long belongs to a dead worker: failed, then retried
 _URL = re.compile(r"^(?P<scheme>[a-z][a-z0-9+]*)://(?P<rest>.*)$")
 
 
@@ -42,15 +42,25 @@ def check_url(url: str) -> str:
             except OSError as exc:
                 raise BoneAgeError(f"cannot create the study directory {parent} ({exc.strerror})") from None
             probe = path if path.exists() else parent
-            import os
-
             if not os.access(probe, os.W_OK):
                 raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")
     return url
 
 
-def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
-    """RDBStorage with a heartbeat; stale RUNNING trials are failed and re-enqueued by the next worker."""
+def with_driver(url: str) -> str:
+    """postgresql://... with the installed driver: SQLAlchemy 2.1 means psycopg 3 by a bare
+    postgresql://, while this project installs psycopg2-binary."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def open_storage(url: str, heartbeat: tuple[int, int] | None = None) -> RDBStorage:
+    """RDBStorage; with heartbeat=(interval_s, grace_s), a RUNNING trial silent for grace_s is failed and
+    re-enqueued (once or twice) by the next worker that looks."""
     check_url(url)
     engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
     try:
@@ -61,14 +71,30 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
             kwargs: dict[str, Any] = {}
             if heartbeat:
                 kwargs = dict(
-                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    grace_period=GRACE_PERIOD_S,
+                    heartbeat_interval=heartbeat[0],
+                    grace_period=heartbeat[1],
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 )
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return _rdb_storage_retrying(with_driver(url), engine_kwargs, kwargs)
     except Exception as exc:  # sqlalchemy raises driver-specific types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BoneAgeError(f"cannot open study storage {redact(url)}: {redact(reason)[:200]}") from None
+
+
+def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 4) -> RDBStorage:
+    """Two workers starting on a fresh database both create Optuna's tables; the loser of that race
+    gets an integrity error, and a moment later finds the tables made."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "locked" in str(exc)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def check_space_matches(study: optuna.Study, signature: dict[str, Any], study_file: str) -> None:

@@ -1,0 +1,331 @@
+"""The search: run to N, resume, raise N, workers on SQLite and PostgreSQL, kill -9, Ctrl-C, timeout,
+NaN trials, baseline, status, dashboard. Studies are tiny (40 phantom hands, 32 px, a small timm net)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from boneage_core.phantom import write_phantom
+from search.storage import with_driver
+from tests.conftest import REPO, assert_one_line_error, run_cli
+
+STUDY = """
+[study]
+heartbeat_interval = 1
+grace_period = 3
+[data]
+source = "{source}"
+image_size = 32
+phantom_n = 40
+[train]
+backbone = "timm:resnet10t"
+epochs = 2
+batch_size = 8
+head_hidden = 16
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+[space.aug_strength]
+type = "float"
+low = 0.0
+high = 1.0
+[sampler]
+name = "tpe"
+seed = 0
+n_startup_trials = 3
+[pruner]
+name = "median"
+n_startup_trials = 2
+[baseline]
+epochs = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def phantom_src(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("ph") / "phantom", 40, seed=0)
+
+
+@pytest.fixture
+def study(tmp_path, phantom_src):
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY.format(source=phantom_src))
+    return path
+
+
+def load(tmp_path, url=None):
+    return optuna.load_study(study_name="tiny", storage=with_driver(url or f"sqlite:///{tmp_path}/studies/tiny.db"))
+
+
+def finished(study):
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_run_reaches_n_rerun_stays_and_raising_n_continues(tmp_path, study):
+    r = run_cli("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = load(tmp_path)
+    assert len(finished(s)) == 3
+    for t in finished(s):
+        assert t.user_attrs["config"]["lr"] == t.params["lr"]
+        assert t.user_attrs["epochs_run"] == len(t.user_attrs["history"]) >= 1
+        assert t.user_attrs["wall_time_s"] > 0
+        assert "val_mae_months" in t.user_attrs["history"][0]
+    r = run_cli("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and len(load(tmp_path).get_trials()) == 3  # nothing new started
+    r = run_cli("run", "--study", str(study), "--trials", "5", "--quiet", cwd=tmp_path)
+    s = load(tmp_path)
+    assert r.returncode == 0 and len(finished(s)) == 5 and len(s.get_trials()) == 5
+    # the resumed sampler continues its sequence: no start-up point is proposed twice
+    points = [(t.params["lr"], t.params["aug_strength"]) for t in s.get_trials()]
+    assert len(set(points)) == 5
+
+
+def test_two_workers_on_sqlite_share_one_budget(tmp_path, study):
+    r = run_cli("run", "--study", str(study), "--trials", "6", "--workers", "2", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = load(tmp_path)
+    assert len(finished(s)) == 6
+    assert len({t.number for t in finished(s)}) == 6
+    assert all(t.state != TrialState.RUNNING for t in s.get_trials())
+
+
+@pytest.fixture
+def postgres_url():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    conn.autocommit = True
+    name = f"boneage_test_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    conn.close()
+
+
+def test_two_machines_on_postgresql_share_one_study_and_budget(tmp_path, study, postgres_url):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "search",
+        "run",
+        "--study",
+        str(study),
+        "--storage",
+        postgres_url,
+        "--trials",
+        "6",
+        "--quiet",
+    ]
+    # two independent `run` commands, as on two machines, each in its own directory
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    procs = [subprocess.Popen(cmd, cwd=tmp_path / d, env=env, stderr=subprocess.PIPE, text=True) for d in "ab"]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    s = load(tmp_path, postgres_url)
+    assert len(finished(s)) == 6 and len({t.number for t in finished(s)}) == 6
+
+
+def _wait_for_running_trial(tmp_path, proc, timeout=120):
+    """Until a trial has run an epoch. Reads the SQLite file read-only: opening it through Optuna
+    while the run creates it would race the run's schema creation."""
+    db = tmp_path / "studies" / "tiny.db"
+    query = ("select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+             "where t.state = 'RUNNING' and a.key = 'epochs_run'")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if db.is_file():
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    if conn.execute(query).fetchone()[0]:
+                        return
+            except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+                pass
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
+def _start_run(tmp_path, study, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", "--study", str(study), *extra, "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, study):
+    proc = _start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
+    _wait_for_running_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stale = [t for t in load(tmp_path).get_trials() if t.state == TrialState.RUNNING]
+    assert len(stale) == 1
+    r = run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = load(tmp_path)
+    failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
+    assert len(finished(s)) == 2 and [t.number for t in failed] == [stale[0].number]
+    # the retry runs the dead trial's parameters again
+    assert any(t.params == failed[0].params for t in finished(s))
+
+
+def test_ctrl_c_fails_the_current_trial_exits_130_and_resumes(tmp_path, study):
+    proc = _start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
+    _wait_for_running_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = proc.stderr.read()
+    assert "rerun the same command to continue" in err and "Traceback" not in err
+    states = [t.state for t in load(tmp_path).get_trials()]
+    assert states == [TrialState.FAIL]  # consistent: nothing left RUNNING
+    r = run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and len(finished(load(tmp_path))) == 2
+
+
+def test_timeout_stops_between_trials(tmp_path, study):
+    r = run_cli("run", "--study", str(study), "--trials", "50", "--timeout", "0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "stopped by --timeout" in r.stdout
+    s = load(tmp_path)
+    assert 1 <= len(finished(s)) < 50 and all(t.state != TrialState.RUNNING for t in s.get_trials())
+
+
+def test_diverging_trial_is_recorded_as_failed_with_its_reason_and_the_search_goes_on(tmp_path, study):
+    import boneage_core.train as train_mod
+    from search.runner import run_study
+    from search.specs import load_spec
+
+    real = train_mod.loss_fn
+    calls = {"n": 0}
+
+    def nan_in_first_trial(name, pred, target):
+        calls["n"] += 1
+        loss = real(name, pred, target)
+        return loss * float("nan") if calls["n"] <= 3 else loss
+
+    os.chdir(tmp_path)
+    spec = load_spec(str(study))
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    train_mod.loss_fn, saved = nan_in_first_trial, train_mod.loss_fn
+    try:
+        out = run_study(spec, url, n_trials=2, quiet=True)
+    finally:
+        train_mod.loss_fn = saved
+        os.chdir(REPO)
+    s = load(tmp_path)
+    failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
+    assert out.finished == 2 and len(failed) == 1
+    assert "TrainingDiverged" in failed[0].user_attrs["fail_reason"]
+    assert failed[0].value is None  # a diverged run is never a score
+
+
+def test_a_search_whose_every_trial_fails_stops_with_the_reason(tmp_path, study, monkeypatch):
+    import boneage_core.train as train_mod
+    from search.runner import SearchFailing, run_study
+    from search.specs import load_spec
+
+    monkeypatch.setattr(train_mod, "loss_fn", lambda name, pred, target: (pred - target).mean() * float("nan"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SearchFailing, match="the last 5 trials failed.*TrainingDiverged"):
+        run_study(load_spec(str(study)), f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=20, quiet=True)
+    assert len(load(tmp_path).get_trials()) == 5
+
+
+def test_search_never_reads_the_test_split(tmp_path, study, monkeypatch):
+    import boneage_core.cache as cache_mod
+    from boneage_core.dataset import prepare
+    from search.runner import run_study
+    from search.specs import load_spec
+
+    decoded = []
+    real = cache_mod.decode_image
+    monkeypatch.setattr(cache_mod, "decode_image", lambda p, s: decoded.append(p) or real(p, s))
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(str(study))
+    run_study(spec, f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=1, quiet=True)
+    read_by_search = set(decoded)
+    test_paths = set(prepare(spec.data["source"], 32, seed=0, splits=("test",)).table["path"])
+    assert len(read_by_search) == 34 and len(test_paths) == 6  # 70/15/15 of 40
+    assert not read_by_search & test_paths
+
+
+def test_baseline_is_recorded_in_the_study_and_shown_by_status(tmp_path, study):
+    r = run_cli("baseline", "--study", str(study), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    base = load(tmp_path).user_attrs["baseline"]
+    assert base["config"]["epochs"] == 1 and base["val_mae_months"] > 0
+    run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
+    r = run_cli("status", "--study", str(study), cwd=tmp_path)
+    assert r.returncode == 0
+    assert "2 complete" in r.stdout or "pruned" in r.stdout
+    assert f"baseline (seed recipe): val MAE {base['val_mae_months']:.2f}" in r.stdout
+    assert "best: trial" in r.stdout
+
+
+def test_changed_search_space_is_refused_and_the_study_kept(tmp_path, study):
+    assert run_cli("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path).returncode == 0
+    study.write_text(study.read_text().replace("high = 1e-2", "high = 1e-1"))
+    r = run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
+    assert_one_line_error(r, "another search space", "study.name")
+    assert len(load(tmp_path).get_trials()) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_over_http_and_refuses_a_busy_port(tmp_path, study):
+    assert run_cli("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path).returncode == 0
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "dashboard", "--study", str(study), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    body = json.loads(resp.read())
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.5)
+        assert body is not None, "dashboard never answered"
+        assert [s["study_name"] for s in body["study_summaries"]] == ["tiny"]
+        busy = run_cli("dashboard", "--study", str(study), "--port", str(port), cwd=tmp_path)
+        assert_one_line_error(busy, f"127.0.0.1:{port}", "--port")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
