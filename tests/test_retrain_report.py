@@ -1,0 +1,103 @@
+"""Retrain and report: the best params exactly, resume after kill -9, bootstrap CIs, report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from boneage_core.metrics import bootstrap_ci, paired_mae_difference
+from search.retrain import recipes
+from search.specs import load_spec
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.test_search import phantom_src, study  # noqa: F401  (fixtures)
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+    small, large = rng.exponential(10, 50), rng.exponential(10, 2000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3  # about sqrt(40) = 6 times narrower
+
+
+def test_paired_difference_sees_a_better_model():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(0, 220, 300)
+    good, bad = true + rng.normal(0, 5, 300), true + rng.normal(0, 15, 300)
+    d = paired_mae_difference(good, bad, true)
+    assert d["ci_high"] < 0 < -d["mae_diff_months"] and d["p_a_not_better"] < 0.01
+
+
+@pytest.fixture
+def searched(tmp_path, study):  # noqa: F811
+    assert run_cli("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path).returncode == 0
+    return study
+
+
+def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
+    s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    spec = load_spec(str(searched), ["train.epochs=7"])  # the TOML changed since: the study's record wins
+    best = recipes(s, spec, {})["best"]
+    assert best.to_dict() == s.best_trial.user_attrs["config"]
+    assert recipes(s, spec, {"epochs": 1})["best"].epochs == 1  # an explicit --set overrides on purpose
+
+
+def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study):  # noqa: F811
+    assert_one_line_error(run_cli("retrain", "--study", str(study), cwd=tmp_path), "no completed trial")
+
+
+def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searched):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "search", "retrain", "--study", str(searched), "--set", "train.epochs=3", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "checkpoints" / "tiny" / "best-seed0.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = json.loads(torch.load(ckpt, weights_only=True)["history"])
+    assert 1 <= len(before) < 3
+    r = run_cli("retrain", "--study", str(searched), "--set", "train.epochs=3", "--seeds", "2", "--tta",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    after = json.loads(torch.load(ckpt, weights_only=True)["history"])
+    assert len(after) == 3
+    assert after[: len(before)] == before  # the epochs before the kill were not trained again
+    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    for name in ("best", "baseline"):
+        e = out["recipes"][name]
+        assert len(e["mae_per_seed"]) == 2 and e["mae_ci_low"] <= np.mean(e["mae_per_seed"]) <= e["mae_ci_high"]
+        assert "tta_flip_mae_mean" in e
+    preds = (tmp_path / "results" / "tiny" / "predictions_best_seed1.csv").read_text().splitlines()
+    assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out["n_test"] == 7
+    assert "best - baseline" in r.stdout
+
+    assert run_cli("baseline", "--study", str(searched), "--quiet", cwd=tmp_path).returncode == 0
+    r = run_cli("report", "--study", str(searched), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = tmp_path / "results" / "tiny"
+    for name in ("summary.md", "summary.json", "trials.csv", "index.html", "plotly.min.js",
+                 "optimization_history.html", "intermediate_values.html", "param_importances.html",
+                 "parallel_coordinate.html", "slice.html", "predicted_vs_true.html", "bland_altman.html",
+                 "mae_by_group.html", "baseline_vs_best.html"):
+        assert (res / name).is_file(), name
+    for page in res.glob("*.html"):
+        HTMLParser().feed(page.read_text())  # parses
+        assert page.stat().st_size < 1_000_000  # plotly.js is shared, not embedded
+    summary = (res / "summary.md").read_text()
+    assert "seed baseline" in summary and "Final test" in summary and "95% CI" in summary
+    assert "PNG copies" in summary
+    assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
