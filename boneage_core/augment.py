@@ -37,9 +37,9 @@ def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator |
     tx, ty = uniform(0.2), uniform(0.2)  # grid units span [-1, 1], so 0.2 is 10% of the side
     flip = torch.where(torch.rand(b, generator=generator) < 0.5 * strength, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-    ).to(x.device, x.dtype)
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1).to(
+        x.device, x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     background = -PIXEL_MEAN / PIXEL_STD  # pixel value 0 after normalize: the dark film outside the scan
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -46,9 +46,7 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fie
 def coerce_field(name: str, value: Any, where: str = "train") -> Any:
     """Value converted to the field's type, or a BoneAgeError naming the field and the expected type."""
     if name not in FIELD_TYPES:
-        raise BoneAgeError(
-            f"unknown training field '{where}.{name}'; known fields: {', '.join(sorted(FIELD_TYPES))}"
-        )
+        raise BoneAgeError(f"unknown training field '{where}.{name}'; known fields: {', '.join(sorted(FIELD_TYPES))}")
     want = FIELD_TYPES[name]
     if want is bool:
         if isinstance(value, bool):

@@ -29,7 +29,9 @@ class ParamSpec:
         if self.type == "float":
             return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return optuna.distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return optuna.distributions.CategoricalDistribution(self.choices)
 
 
@@ -94,4 +96,7 @@ def config_from_params(params: dict[str, Any], base: TrainConfig, space: dict[st
 
 def space_signature(space: dict[str, ParamSpec]) -> dict[str, Any]:
     """A JSON-able description stored with the study, to notice a TOML whose space has changed."""
-    return {name: {k: v for k, v in dataclasses.asdict(p).items() if v not in (None, (), False)} for name, p in space.items()}
+    return {
+        name: {k: v for k, v in dataclasses.asdict(p).items() if v not in (None, (), False)}
+        for name, p in space.items()
+    }
