@@ -31,6 +31,7 @@ from boneage_core.models import BoneAgeNet, build_model
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 128
+BN_RECALIBRATION_IMAGES = 256  # enough for stable statistics; bounds the cost per evaluation
 
 
 @dataclass
@@ -122,6 +123,32 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, cfg: TrainConfig) -> None:
+    """Re-estimate batch-norm statistics on un-augmented training images before evaluating.
+
+    The running statistics were gathered on augmented batches (shifted brightness, contrast, scale);
+    evaluating plain images with them biased predictions by 10+ months on the phantom. Same remedy as
+    torch.optim.swa_utils.update_bn: reset, then a cumulative average over a forward pass."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = {bn: bn.momentum for bn in bns}
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over all batches below
+    model.train()
+    n = min(len(images), BN_RECALIBRATION_IMAGES)
+    for start in range(0, n, EVAL_BATCH):
+        x = normalize(images[start : min(start + EVAL_BATCH, n)].unsqueeze(1)).contiguous(
+            memory_format=torch.channels_last
+        )
+        with autocast_for(cfg, images.device):
+            model(x, male[start : start + EVAL_BATCH][: x.shape[0]])
+    for bn, momentum in momenta.items():
+        bn.momentum = momentum
+
+
+@torch.no_grad()
 def evaluate(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Normalized predictions for all images, averaged over a horizontal flip when cfg.tta_flip."""
     model.eval()
@@ -206,6 +233,7 @@ def fit(
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {cfg.lr:g})")
         row = {"epoch": epoch + 1, "train_loss": train_loss}
         if eval_each_epoch or epoch + 1 == cfg.epochs:
+            recalibrate_batchnorm(model, tr_images, tr_male, cfg)
             pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
             if not np.all(np.isfinite(pred)):
                 raise TrainingDiverged(f"predictions became non-finite in epoch {epoch + 1} (lr {cfg.lr:g})")
