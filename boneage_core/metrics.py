@@ -56,15 +56,16 @@ def bootstrap_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired_mae_difference(
-    pred_a: np.ndarray, pred_b: np.ndarray, true_months: np.ndarray, seed: int = 0
-) -> dict[str, float]:
-    """MAE(a) - MAE(b) on the same images with a paired bootstrap CI: negative means a is better.
-    p_a_not_better is the share of resamples in which a is not better (a one-sided bootstrap p)."""
-    true = np.asarray(true_months, float)
-    diff = np.abs(np.asarray(pred_a, float) - true) - np.abs(np.asarray(pred_b, float) - true)
+def paired_mae_difference(abs_err_a: np.ndarray, abs_err_b: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """MAE(a) - MAE(b) from per-image absolute errors on the same images, with a paired bootstrap CI:
+    negative means a is better. p_a_not_better is the share of resamples in which a is not better."""
+    diff = np.asarray(abs_err_a, float) - np.asarray(abs_err_b, float)
     lo, hi = bootstrap_ci(diff, seed=seed)
     rng = np.random.default_rng(seed + 1)
     means = diff[rng.integers(0, len(diff), size=(2000, len(diff)))].mean(axis=1)
-    return {"mae_diff_months": float(diff.mean()), "ci_low": lo, "ci_high": hi,
-            "p_a_not_better": float(np.mean(means >= 0))}
+    return {
+        "mae_diff_months": float(diff.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_a_not_better": float(np.mean(means >= 0)),
+    }

@@ -88,7 +88,7 @@ def retrain(
         "seeds": seeds,
         "recipes": {},
     }
-    mean_pred: dict[str, np.ndarray] = {}
+    abs_err: dict[str, np.ndarray] = {}  # per test image, averaged over seeds
     for name, cfg in configs.items():
         per_seed, preds, tta_preds, start = [], [], [], time.perf_counter()
         for k in range(seeds):
@@ -103,21 +103,20 @@ def retrain(
             )
             if tta:
                 tta_preds.append(predict_months(r, test, dataclasses.replace(c, tta_flip=True)))
-        mean_pred[name] = np.mean(preds, axis=0)  # per image, averaged over seeds
-        abs_err_each_seed = np.mean([np.abs(p - test.age_months) for p in preds], axis=0)
+        abs_err[name] = np.mean([np.abs(p - test.age_months) for p in preds], axis=0)
         entry = {
             "config": cfg.to_dict(),
             "mae_per_seed": per_seed,
             "mae_mean": float(np.mean(per_seed)),
             "mae_sd": float(np.std(per_seed, ddof=1)) if seeds > 1 else 0.0,
             # CI over images of the seed-averaged absolute error: the uncertainty from the test set's size
-            **dict(zip(("mae_ci_low", "mae_ci_high"), bootstrap_ci(abs_err_each_seed), strict=True)),
+            **dict(zip(("mae_ci_low", "mae_ci_high"), bootstrap_ci(abs_err[name]), strict=True)),
             "metrics_seed0": regression_metrics(preds[0], test.age_months, test.male),
             "wall_time_s": round(time.perf_counter() - start, 1),
         }
         if tta:
             entry["tta_flip_mae_mean"] = float(np.mean([np.mean(np.abs(p - test.age_months)) for p in tta_preds]))
         summary["recipes"][name] = entry
-    summary["best_minus_baseline"] = paired_mae_difference(mean_pred["best"], mean_pred["baseline"], test.age_months)
+    summary["best_minus_baseline"] = paired_mae_difference(abs_err["best"], abs_err["baseline"])
     (out_dir / "retrain.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -35,7 +35,7 @@ def test_paired_difference_sees_a_better_model():
     rng = np.random.default_rng(1)
     true = rng.uniform(0, 220, 300)
     good, bad = true + rng.normal(0, 5, 300), true + rng.normal(0, 15, 300)
-    d = paired_mae_difference(good, bad, true)
+    d = paired_mae_difference(abs(good - true), abs(bad - true))
     assert d["ci_high"] < 0 < -d["mae_diff_months"] and d["p_a_not_better"] < 0.01
 
 
