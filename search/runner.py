@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -23,6 +24,12 @@ from search.specs import StudySpec, spec_summary
 from search.storage import check_space_matches, open_storage, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STORAGE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
+STORAGE_OUTAGE_LIMIT_S = 180
 WORKER_ENV = "BONEAGE_WORKER_INDEX"  # set in the worker processes that `run --workers K` starts
 WORKERS_ENV = "BONEAGE_WORKERS"
 
@@ -111,6 +118,17 @@ def preflight(spec: StudySpec, n_train: int) -> None:
     build_model(spec.train)
 
 
+def _caused_by_storage(exc: BaseException) -> bool:
+    """Whether a database error is anywhere in the chain. (When the database drops during a tell,
+    Optuna's own clean-up then fails with an UnboundLocalError that only chains the real cause.)"""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, STORAGE_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class SearchFailing(RuntimeError):
     """Trial after trial fails: stop instead of burning the budget."""
 
@@ -175,29 +193,53 @@ def run_study(
         if trial.state == TrialState.FAIL and not quiet and not reason.startswith("not run:"):
             tqdm.write(f"trial {trial.number} failed: {reason or 'see the study'}", file=sys.stderr)
 
+    def step() -> str | None:
+        """One pass of the loop: 'done', 'timeout', or None to go on."""
+        c = counts(study)
+        done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        bar.n = min(done, n_trials)
+        if c[TrialState.COMPLETE]:
+            bar.set_postfix(best_mae=f"{study.best_value:.2f}", pruned=c[TrialState.PRUNED], refresh=False)
+        bar.refresh()
+        if done >= n_trials:
+            return "done"
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            return "timeout"
+        if done + c[TrialState.RUNNING] >= n_trials:
+            # the rest is running elsewhere; wait in case a worker dies and its trial must be redone.
+            # (WAITING trials, such as a dead worker's retried one, are what the next ask() runs.)
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(spec.heartbeat_interval_s / 2)
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, catch=(*TRIAL_FAILURES, BudgetReached), callbacks=[tell])
+        _check_failures(study)
+        return None
+
     try:
+        outage_since: float | None = None
         while True:
-            c = counts(study)
-            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-            bar.n = min(done, n_trials)
-            if c[TrialState.COMPLETE]:
-                bar.set_postfix(best_mae=f"{study.best_value:.2f}", pruned=c[TrialState.PRUNED], refresh=False)
-            bar.refresh()
-            if done >= n_trials:
-                break
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                timed_out = True
-                break
-            if done + c[TrialState.RUNNING] >= n_trials:
-                # the rest is running elsewhere; wait in case a worker dies and its trial must be redone.
-                # (WAITING trials, such as a dead worker's retried one, are what the next ask() runs.)
-                optuna.storages.fail_stale_trials(study)
-                time.sleep(spec.heartbeat_interval_s / 2)
+            try:
+                outcome = step()
+                outage_since = None
+            except Exception as exc:
+                if not _caused_by_storage(exc):
+                    raise
+                # a restarted database server: wait for it; the trial it interrupted is left RUNNING,
+                # so the heartbeat fails it and it is run again
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > STORAGE_OUTAGE_LIMIT_S:
+                    raise SearchFailing(
+                        f"lost the study storage for over {STORAGE_OUTAGE_LIMIT_S} s: "
+                        f"{redact(str(exc).splitlines()[0])[:200]}"
+                    ) from None
+                tqdm.write(f"lost the study storage ({type(exc).__name__}); reconnecting", file=sys.stderr)
+                time.sleep(2)
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=1, catch=(*TRIAL_FAILURES, BudgetReached), callbacks=[tell])
-            _check_failures(study)
+            if outcome is not None:
+                timed_out = outcome == "timeout"
+                break
     except BaseException:
         for p in extra:  # Ctrl-C or a crash here: the workers end their trials too
             if p.poll() is None:
@@ -215,5 +257,3 @@ def run_study(
     return RunOutcome(
         c[TrialState.COMPLETE] + c[TrialState.PRUNED], c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out
     )
-
-

@@ -81,6 +81,19 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = None) -> RDBStora
         raise BoneAgeError(f"cannot open study storage {redact(url)}: {redact(reason)[:200]}") from None
 
 
+class ResilientRDBStorage(RDBStorage):
+    """RDBStorage whose heartbeat survives a database restart: a beat that cannot be written is
+    skipped (the next one, seconds later, records it) instead of killing the heartbeat thread."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        import sqlalchemy.exc
+
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass
+
+
 def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 4) -> RDBStorage:
     """Two workers starting on a fresh database both create Optuna's tables; the loser of that race
     gets an integrity error, and a moment later finds the tables made."""
@@ -88,7 +101,7 @@ def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts:
 
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
             racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "locked" in str(exc)
             if not racing or attempt == attempts - 1:

@@ -115,7 +115,11 @@ def postgres_url():
     name = f"boneage_test_{uuid.uuid4().hex[:10]}"
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
     yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    # a new connection: a test may have restarted the server since
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=10)
+    conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     conn.close()

@@ -1,0 +1,242 @@
+"""Faults and security: the run recovers and loses nothing; bad data is one line through the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tests.conftest import REPO, assert_one_line_error, hand_png, make_kaggle, run_cli
+from tests.test_search import finished, load, phantom_src, postgres_url, study  # noqa: F401  (fixtures)
+
+
+def _break_csv(root: Path, column: str, value: str) -> None:
+    path = root / "boneage-training-dataset.csv"
+    df = pd.read_csv(path, dtype=str)
+    df.loc[0, column] = value
+    df.to_csv(path, index=False)
+
+
+def _drop_column(root: Path) -> None:
+    path = root / "boneage-training-dataset.csv"
+    pd.read_csv(path).drop(columns=["male"]).to_csv(path, index=False)
+
+
+def _duplicate_id(root: Path) -> None:
+    path = root / "boneage-training-dataset.csv"
+    df = pd.read_csv(path, dtype=str)
+    df.loc[1, "id"] = df.loc[0, "id"]
+    df.to_csv(path, index=False)
+
+
+def _all_images_gone(root: Path) -> None:
+    shutil.rmtree(root / "boneage-training-dataset")
+    (root / "boneage-training-dataset").mkdir()
+
+
+def _empty(root: Path) -> None:
+    shutil.rmtree(root)
+    root.mkdir()
+
+
+def _image(root: Path, content) -> None:
+    path = root / "boneage-training-dataset" / "1380.png"
+    if content == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif content == "1x1":
+        from PIL import Image
+
+        Image.new("L", (1, 1)).save(path)
+    else:
+        path.write_bytes(content)
+
+
+DATA_CASES = [
+    ("empty directory", _empty, "is empty"),
+    (
+        "no label file",
+        lambda r: (r / "boneage-training-dataset.csv").rename(r / "labels.csv"),
+        "no training label file",
+    ),
+    ("column missing", _drop_column, "column 'male' is missing"),
+    ("age not a number", lambda r: _break_csv(r, "boneage", "twelve"), "'twelve' is not an age"),
+    ("age negative", lambda r: _break_csv(r, "boneage", "-1"), "is not an age"),
+    ("age NaN", lambda r: _break_csv(r, "boneage", "nan"), "is not an age"),
+    ("age above 300", lambda r: _break_csv(r, "boneage", "400"), "is not an age"),
+    ("sex unknown", lambda r: _break_csv(r, "male", "x"), "unrecognised sex value 'x'"),
+    ("duplicate id", _duplicate_id, "duplicate id"),
+    ("every image missing", _all_images_gone, "none of its 20 images"),
+    ("zero-byte png", lambda r: _image(r, b""), "1380.png"),
+    ("truncated png", lambda r: _image(r, "truncated"), "1380.png"),
+    ("not an image", lambda r: _image(r, b"<html>nope</html>"), "1380.png"),
+    ("1x1 image", lambda r: _image(r, "1x1"), "too small"),
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_is_one_line_exit_2_and_keeps_the_study(tmp_path, case):
+    name, breaks, fragment = case
+    root = make_kaggle(tmp_path / "rsna", n=20)
+    breaks(root)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run_cli("data", "cache", str(root), "--size", "32", cwd=tmp_path)
+    assert_one_line_error(r, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside
+
+
+def test_a_few_missing_images_are_skipped_with_a_warning(tmp_path):
+    root = make_kaggle(tmp_path / "rsna", n=20)
+    (root / "boneage-training-dataset" / "1380.png").unlink()
+    r = run_cli("data", "cache", str(root), "--size", "32", cwd=tmp_path)
+    assert r.returncode == 0 and "cached 19 images" in r.stdout
+    assert "1 of 20 images are missing and skipped" in r.stderr
+
+
+def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path):
+    root = make_kaggle(tmp_path / "rsna", n=20)
+    for i in range(20, 400):  # enough images that the build takes a while
+        hand_png(root / "boneage-training-dataset" / f"{1377 + i}.png", i, size=(900, 700))
+    labels = root / "boneage-training-dataset.csv"
+    labels.write_text(labels.read_text() + "".join(f"{1377 + i},{i % 200 + 10},True\n" for i in range(20, 400)))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BONEAGE_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "data", "cache", str(root), "--size", "64"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(cache.glob("*.tmp.npy")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(cache.glob("images-*px.npy"))  # only the temporary file, under a name never read
+    r = run_cli("data", "cache", str(root), "--size", "64", cwd=tmp_path, env={"BONEAGE_CACHE_DIR": str(cache)})
+    assert r.returncode == 0 and "cached 400 images" in r.stdout
+    import numpy as np
+
+    arr = np.load(next(cache.glob("images-*64px.npy")))
+    assert arr.shape == (400, 64, 64) and (arr.reshape(400, -1).max(axis=1) > 0).all()
+
+
+def test_out_of_memory_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch):  # noqa: F811
+    import boneage_core.train as train_mod
+    from search.runner import run_study
+    from search.specs import load_spec
+
+    real = train_mod.train_one_epoch
+    calls = {"n": 0}
+
+    def oom_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", oom_once)
+    monkeypatch.chdir(tmp_path)
+    out = run_study(load_spec(str(study)), f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=2, quiet=True)
+    failed = [t for t in load(tmp_path).get_trials() if t.state == TrialState.FAIL]
+    assert out.finished == 2 and len(failed) == 1
+    assert "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
+
+
+def _restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/etc/postgresql") or shutil.which("pg_ctlcluster") is None,
+    reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
+)
+def test_postgres_restart_mid_run_reconnects_and_reaches_n(tmp_path, study, postgres_url):  # noqa: F811
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "search",
+            "run",
+            "--study",
+            str(study),
+            "--storage",
+            postgres_url,
+            "--trials",
+            "5",
+            "--set",
+            "train.epochs=3",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        try:
+            if len(finished(load(tmp_path, postgres_url))) >= 1:
+                break
+        except Exception:  # study not created yet
+            pass
+        time.sleep(0.5)
+    _restart_postgres()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    s = load(tmp_path, postgres_url)
+    assert len(finished(s)) == 5
+    assert all(t.state != TrialState.RUNNING for t in s.get_trials())
+
+
+def test_passwords_are_redacted_in_prints_user_attrs_and_reports(tmp_path, study, postgres_url):  # noqa: F811
+    # the server trusts local connections, so any password is accepted: a real run with a secret URL
+    secret_url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    r = run_cli("run", "--study", str(study), "--storage", secret_url, "--trials", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = run_cli("status", "--study", str(study), "--storage", secret_url, cwd=tmp_path)
+    rep = run_cli("report", "--study", str(study), "--storage", secret_url, cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    printed = r.stdout + r.stderr + s.stdout + s.stderr + rep.stdout + rep.stderr
+    assert "***" in r.stdout and "hunter2" not in printed
+    st = load(tmp_path, postgres_url)
+    attrs = str(st.user_attrs) + "".join(str(t.user_attrs) for t in st.get_trials())
+    assert "hunter2" not in attrs
+    assert not any("hunter2" in p.read_text(errors="ignore") for p in (tmp_path / "results").rglob("*") if p.is_file())
+
+
+def test_dashboard_warns_when_bound_beyond_this_machine(monkeypatch, caplog, tmp_path):
+    import optuna_dashboard
+
+    from search import dashboard
+
+    served = {}
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.update(host=host))
+    with caplog.at_level(logging.WARNING):
+        dashboard.serve(f"sqlite:///{tmp_path}/x.db", "0.0.0.0", 0)
+    assert served["host"] == "0.0.0.0" and "anyone who can reach this address" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dashboard.serve(f"sqlite:///{tmp_path}/x.db", "127.0.0.1", 0)
+    assert "anyone" not in caplog.text
+
+
+def test_unwritable_results_directory_is_one_line(tmp_path, study):  # noqa: F811
+    assert run_cli("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path).returncode == 0
+    (tmp_path / "results").write_text("a file where the results directory should be")
+    assert_one_line_error(run_cli("report", "--study", str(study), cwd=tmp_path), "cannot write the report")
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db").trials) == 1
