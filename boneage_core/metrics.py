@@ -42,9 +42,7 @@ def mae_months(pred_months: np.ndarray, true_months: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred_months, float) - np.asarray(true_months, float))))
 
 
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-image values (absolute errors, or paired differences
     of absolute errors): images are resampled with replacement, n_boot times."""
     values = np.asarray(values, dtype=np.float64)

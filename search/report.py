@@ -205,6 +205,7 @@ def summary_dict(study: optuna.Study, retrained: dict[str, Any], png_missing: st
         "search_wall_time_s": round(sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials), 1),
         "baseline_val": study.user_attrs.get("baseline", {}).get("val_mae_months"),
         "mean_predictor_val": study.user_attrs.get("baseline", {}).get("mean_predictor_val_mae_months"),
+        "baseline_wall_s": study.user_attrs.get("baseline", {}).get("wall_time_s"),
         "png": "written" if png_missing is None else f"not written: {png_missing}",
     }
     if complete:
@@ -278,8 +279,29 @@ def summary_markdown(s: dict[str, Any], figures: list[str], png_missing: str | N
                 + " months.",
                 "",
             ]
-    lines += ["## Figures", "", "Open `index.html`; each figure is an HTML page sharing `plotly.min.js`."]
-    lines += [f"- [{f.replace('_', ' ')}]({f}.html)" for f in figures]
+    lines += [
+        "## How this was produced",
+        "",
+        "```",
+        f"python -m search run --study {s['study']} --trials {t['complete'] + t['pruned']}",
+        f"python -m search baseline --study {s['study']}",
+    ]
+    if "test" in s:
+        tta = any("tta_flip_mae_mean" in e for e in s["test"]["recipes"].values())
+        lines.append(
+            f"python -m search retrain --study {s['study']} --seeds {s['test']['seeds']}" + (" --tta" if tta else "")
+        )
+    lines += [f"python -m search report --study {s['study']}", "```", ""]
+    times = [f"training inside trials {s['search_wall_time_s'] / 60:.1f} min"]
+    if s.get("baseline_wall_s"):
+        times.append(f"baseline {s['baseline_wall_s']:.0f} s")
+    if "test" in s:
+        times += [f"retrain {n} {e['wall_time_s']:.0f} s" for n, e in s["test"]["recipes"].items()]
+    lines += ["Wall times: " + ", ".join(times) + ".", ""]
+    lines += ["## Figures", "", "Interactive versions: `index.html` (HTML pages sharing `plotly.min.js`, offline).", ""]
+    for f in figures:
+        title = f.replace("_", " ")
+        lines.append(f"![{title}]({f}.png)" if png_missing is None else f"- [{title}]({f}.html)")
     lines += [
         "",
         "PNG copies: " + ("written beside the HTML." if png_missing is None else f"not written: {png_missing}."),

@@ -180,7 +180,7 @@ def run_study(
     c = counts(study)
     bar = tqdm(
         total=n_trials,
-        initial=min(c[TrialState.COMPLETE] + c[TrialState.PRUNED], n_trials),
+        initial=min(sum(c[state] for state in FINISHED), n_trials),
         desc=f"study {spec.name}",
         unit="trial",
         disable=quiet,
@@ -196,7 +196,7 @@ def run_study(
     def step() -> str | None:
         """One pass of the loop: 'done', 'timeout', or None to go on."""
         c = counts(study)
-        done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        done = sum(c[state] for state in FINISHED)
         bar.n = min(done, n_trials)
         if c[TrialState.COMPLETE]:
             bar.set_postfix(best_mae=f"{study.best_value:.2f}", pruned=c[TrialState.PRUNED], refresh=False)
@@ -254,6 +254,4 @@ def run_study(
                 p.wait()
     c = counts(study)
     best = study.best_value if c[TrialState.COMPLETE] else None
-    return RunOutcome(
-        c[TrialState.COMPLETE] + c[TrialState.PRUNED], c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out
-    )
+    return RunOutcome(sum(c[state] for state in FINISHED), c[TrialState.PRUNED], c[TrialState.FAIL], best, timed_out)

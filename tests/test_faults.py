@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from tests.conftest import REPO, assert_one_line_error, hand_png, make_kaggle, run_cli
-from tests.test_search import finished, load, phantom_src, postgres_url, study  # noqa: F401  (fixtures)
+from tests.test_search import finished, load, phantom_src, postgres_url, start_run, study  # noqa: F401
 
 
 def _break_csv(root: Path, column: str, value: str) -> None:
@@ -105,10 +105,10 @@ def test_a_few_missing_images_are_skipped_with_a_warning(tmp_path):
 
 def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path):
     root = make_kaggle(tmp_path / "rsna", n=20)
-    for i in range(20, 400):  # enough images that the build takes a while
-        hand_png(root / "boneage-training-dataset" / f"{1377 + i}.png", i, size=(900, 700))
+    for i in range(20, 250):  # enough images that the build takes a second or two
+        hand_png(root / "boneage-training-dataset" / f"{1377 + i}.png", i, size=(800, 600))
     labels = root / "boneage-training-dataset.csv"
-    labels.write_text(labels.read_text() + "".join(f"{1377 + i},{i % 200 + 10},True\n" for i in range(20, 400)))
+    labels.write_text(labels.read_text() + "".join(f"{1377 + i},{i % 200 + 10},True\n" for i in range(20, 250)))
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO), "BONEAGE_CACHE_DIR": str(cache)}
     proc = subprocess.Popen(
@@ -126,11 +126,11 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path):
     proc.wait()
     assert not list(cache.glob("images-*px.npy"))  # only the temporary file, under a name never read
     r = run_cli("data", "cache", str(root), "--size", "64", cwd=tmp_path, env={"BONEAGE_CACHE_DIR": str(cache)})
-    assert r.returncode == 0 and "cached 400 images" in r.stdout
+    assert r.returncode == 0 and "cached 250 images" in r.stdout
     import numpy as np
 
     arr = np.load(next(cache.glob("images-*64px.npy")))
-    assert arr.shape == (400, 64, 64) and (arr.reshape(400, -1).max(axis=1) > 0).all()
+    assert arr.shape == (250, 64, 64) and (arr.reshape(250, -1).max(axis=1) > 0).all()
 
 
 def test_out_of_memory_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch):  # noqa: F811
@@ -165,28 +165,7 @@ def _restart_postgres() -> None:
     reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
 )
 def test_postgres_restart_mid_run_reconnects_and_reaches_n(tmp_path, study, postgres_url):  # noqa: F811
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "search",
-            "run",
-            "--study",
-            str(study),
-            "--storage",
-            postgres_url,
-            "--trials",
-            "5",
-            "--set",
-            "train.epochs=3",
-            "--quiet",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(tmp_path, study, "--storage", postgres_url, "--trials", "5", "--set", "train.epochs=3")
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()

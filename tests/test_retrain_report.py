@@ -70,8 +70,7 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     proc.wait()
     before = json.loads(torch.load(ckpt, weights_only=True)["history"])
     assert 1 <= len(before) < 3
-    r = run_cli("retrain", "--study", str(searched), "--set", "train.epochs=3", "--seeds", "2", "--tta",
-                cwd=tmp_path)
+    r = run_cli("retrain", "--study", str(searched), "--set", "train.epochs=3", "--seeds", "2", "--tta", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     after = json.loads(torch.load(ckpt, weights_only=True)["history"])
     assert len(after) == 3
@@ -89,10 +88,22 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     r = run_cli("report", "--study", str(searched), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = tmp_path / "results" / "tiny"
-    for name in ("summary.md", "summary.json", "trials.csv", "index.html", "plotly.min.js",
-                 "optimization_history.html", "intermediate_values.html", "param_importances.html",
-                 "parallel_coordinate.html", "slice.html", "predicted_vs_true.html", "bland_altman.html",
-                 "mae_by_group.html", "baseline_vs_best.html"):
+    for name in (
+        "summary.md",
+        "summary.json",
+        "trials.csv",
+        "index.html",
+        "plotly.min.js",
+        "optimization_history.html",
+        "intermediate_values.html",
+        "param_importances.html",
+        "parallel_coordinate.html",
+        "slice.html",
+        "predicted_vs_true.html",
+        "bland_altman.html",
+        "mae_by_group.html",
+        "baseline_vs_best.html",
+    ):
         assert (res / name).is_file(), name
     for page in res.glob("*.html"):
         HTMLParser().feed(page.read_text())  # parses

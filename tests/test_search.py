@@ -71,6 +71,18 @@ def load(tmp_path, url=None):
     return optuna.load_study(study_name="tiny", storage=with_driver(url or f"sqlite:///{tmp_path}/studies/tiny.db"))
 
 
+def start_run(cwd, study, *extra):
+    """`python -m search run` in the background, as a user in directory cwd would start it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", "--study", str(study), *extra, "--quiet"],
+        cwd=cwd,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def finished(study):
     return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
@@ -126,23 +138,9 @@ def postgres_url():
 
 
 def test_two_machines_on_postgresql_share_one_study_and_budget(tmp_path, study, postgres_url):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "search",
-        "run",
-        "--study",
-        str(study),
-        "--storage",
-        postgres_url,
-        "--trials",
-        "6",
-        "--quiet",
-    ]
     # two independent `run` commands, as on two machines, each in its own directory
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    procs = [subprocess.Popen(cmd, cwd=tmp_path / d, env=env, stderr=subprocess.PIPE, text=True) for d in "ab"]
+    procs = [start_run(tmp_path / d, study, "--storage", postgres_url, "--trials", "6") for d in "ab"]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     s = load(tmp_path, postgres_url)
@@ -153,8 +151,10 @@ def _wait_for_running_trial(tmp_path, proc, timeout=120):
     """Until a trial has run an epoch. Reads the SQLite file read-only: opening it through Optuna
     while the run creates it would race the run's schema creation."""
     db = tmp_path / "studies" / "tiny.db"
-    query = ("select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-             "where t.state = 'RUNNING' and a.key = 'epochs_run'")
+    query = (
+        "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+        "where t.state = 'RUNNING' and a.key = 'epochs_run'"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()
@@ -169,19 +169,8 @@ def _wait_for_running_trial(tmp_path, proc, timeout=120):
     raise AssertionError("no trial started")
 
 
-def _start_run(tmp_path, study, *extra):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "run", "--study", str(study), *extra, "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, study):
-    proc = _start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
+    proc = start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
     _wait_for_running_trial(tmp_path, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -197,7 +186,7 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, stu
 
 
 def test_ctrl_c_fails_the_current_trial_exits_130_and_resumes(tmp_path, study):
-    proc = _start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
+    proc = start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
     _wait_for_running_trial(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
