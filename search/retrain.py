@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from boneage_core import BoneAgeError
 from boneage_core.config import TrainConfig, make_config
-from boneage_core.dataset import prepare
 from boneage_core.metrics import bootstrap_ci, paired_mae_difference, regression_metrics
 from boneage_core.train import fit, predict_months
+from search.runner import prepare_search_data
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 
@@ -68,10 +68,7 @@ def retrain(
     quiet: bool = False,
 ) -> dict[str, Any]:
     configs = recipes(study, spec, train_overrides or {})
-    d = spec.data
-    data = prepare(
-        d["source"], d["image_size"], seed=d["seed"], max_images=d["max_images"], phantom_n=d["phantom_n"], quiet=quiet
-    )
+    data = prepare_search_data(spec, quiet, splits=("train", "val", "test"))
     trainval, test = data.split("train", "val"), data.split("test")
     out_dir = results_dir / spec.name
     ckpt_dir = checkpoint_dir / spec.name

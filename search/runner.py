@@ -92,8 +92,9 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
     return out
 
 
-def prepare_search_data(spec: StudySpec, quiet: bool) -> Prepared:
-    """Train and val only: the test split is never read by the search."""
+def prepare_search_data(spec: StudySpec, quiet: bool, splits: tuple[str, ...] = ("train", "val")) -> Prepared:
+    """The study's data, decoded into the cache. Train and val only by default: the test split is
+    never read by the search; retrain asks for it."""
     d = spec.data
     return prepare(
         d["source"],
@@ -102,7 +103,7 @@ def prepare_search_data(spec: StudySpec, quiet: bool) -> Prepared:
         max_images=d["max_images"],
         phantom_n=d["phantom_n"],
         quiet=quiet,
-        splits=("train", "val"),
+        splits=splits,
     )
 
 
