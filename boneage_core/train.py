@@ -1,9 +1,9 @@
 """Training and evaluation in months: fit(config, train, val, on_epoch_end) -> FitResult.
 
-The images of both splits live as one uint8 tensor each, on the device when it is a GPU, so a batch is
-an index into memory plus tensor augmentation: no decoding, no DataLoader workers. fit() calls
-on_epoch_end(epoch, metrics) after each epoch; whatever that raises (the search raises
-optuna.TrialPruned there) goes straight through.
+The images of both splits live as one uint8 tensor each, on the GPU when they fit there (else in pinned
+host memory), so a batch is an index into memory plus tensor augmentation: no decoding, no DataLoader
+workers. fit() calls on_epoch_end(epoch, metrics) after each epoch; whatever that raises (the search
+raises optuna.TrialPruned there) goes straight through.
 """
 
 from __future__ import annotations
@@ -96,19 +96,38 @@ def loss_fn(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.mse_loss(pred, target)
 
 
+def training_batches(
+    images: torch.Tensor, male: torch.Tensor, batch_size: int, aug_strength: float, generator: torch.Generator,
+    device: torch.device, drop_last: bool = True,
+):
+    """One epoch of (index, augmented standardized batch) in a seeded random order: the whole data path.
+
+    images live on the device when they fit there (a batch is then an index plus tensor ops on the
+    device); otherwise in pinned host memory, gathered per batch and copied without blocking."""
+    order = torch.randperm(len(images), generator=generator)
+    on_device = images.device == device
+    if on_device:
+        order = order.to(device)
+    n = len(order) // batch_size * batch_size if drop_last else len(order)  # batch norm needs company
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = images[idx]
+        if not on_device:
+            batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+            idx = idx.to(device, non_blocking=True)
+        x = augment_batch(normalize(batch.unsqueeze(1)), aug_strength, generator)
+        yield idx, x.contiguous(memory_format=torch.channels_last)
+
+
 def train_one_epoch(
     model, optimizer, scheduler, images, targets, male, cfg: TrainConfig, generator: torch.Generator, scaler
 ) -> float:
     """One pass over the training images in a seeded random order; returns the mean loss."""
     model.train()
-    device = images.device
-    order = torch.randperm(len(images), generator=generator).to(device)
-    n_batches = len(order) // cfg.batch_size  # drop the last partial batch: batch norm needs company
+    device = targets.device
     total = torch.zeros((), device=device)
-    for b in range(n_batches):
-        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = augment_batch(normalize(images[idx].unsqueeze(1)), cfg.aug_strength, generator)
-        x = x.contiguous(memory_format=torch.channels_last)
+    n_batches = 0
+    for idx, x in training_batches(images, male, cfg.batch_size, cfg.aug_strength, generator, device):
         with autocast_for(cfg, device):
             pred = model(x, male[idx])
         loss = loss_fn(cfg.loss, pred.float(), targets[idx])
@@ -119,6 +138,7 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         total += loss.detach()  # summed on the device: no CPU-GPU sync per step
+        n_batches += 1
     return float(total) / max(n_batches, 1)
 
 
@@ -139,11 +159,9 @@ def recalibrate_batchnorm(model: BoneAgeNet, images: torch.Tensor, male: torch.T
     model.train()
     n = min(len(images), BN_RECALIBRATION_IMAGES)
     for start in range(0, n, EVAL_BATCH):
-        x = normalize(images[start : min(start + EVAL_BATCH, n)].unsqueeze(1)).contiguous(
-            memory_format=torch.channels_last
-        )
-        with autocast_for(cfg, images.device):
-            model(x, male[start : start + EVAL_BATCH][: x.shape[0]])
+        x = _plain_batch(images, start, min(start + EVAL_BATCH, n), male.device)
+        with autocast_for(cfg, male.device):
+            model(x, male[start : start + x.shape[0]])
     for bn, momentum in momenta.items():
         bn.momentum = momentum
 
@@ -154,9 +172,9 @@ def evaluate(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, cfg: T
     model.eval()
     preds = []
     for start in range(0, len(images), EVAL_BATCH):
-        x = normalize(images[start : start + EVAL_BATCH].unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+        x = _plain_batch(images, start, start + EVAL_BATCH, male.device)
         sex = male[start : start + EVAL_BATCH]
-        with autocast_for(cfg, images.device):
+        with autocast_for(cfg, male.device):
             p = model(x, sex).float()
             if cfg.tta_flip:
                 p = (p + model(torch.flip(x, dims=[3]), sex).float()) / 2
@@ -164,8 +182,30 @@ def evaluate(model: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, cfg: T
     return torch.cat(preds)
 
 
+def _plain_batch(images: torch.Tensor, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Un-augmented standardized images[start:stop] on the device, channels_last."""
+    batch = images[start:stop].to(device, non_blocking=True)
+    return normalize(batch.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+
+
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether a uint8 image array can live on the device beside the model: at most half the free
+    memory, so activations keep room. (A CPU device holds everything in memory anyway.)"""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 2
+
+
 def _to_device(split: Split, device: torch.device):
-    images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
+    """The split's images on the device when they fit, else in pinned host memory (batches are then
+    copied without blocking); sex always on the device."""
+    images = torch.from_numpy(np.ascontiguousarray(split.images))
+    if fits_on_device(images.numel(), device):
+        images = images.to(device)
+    elif device.type == "cuda":
+        log.info("%.1f GB of images do not fit on %s: streaming them from pinned memory", images.numel() / 1e9, device)
+        images = images.pin_memory()
     male = torch.from_numpy(np.array(split.male, dtype=bool)).to(device)
     return images, male
 
@@ -195,6 +235,8 @@ def fit(
     if cfg.batch_size > len(train):
         raise BoneAgeError(f"train.batch_size = {cfg.batch_size} is above the {len(train)} training images")
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest kernels once
     seed_everything(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last)

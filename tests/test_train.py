@@ -20,7 +20,7 @@ from boneage_core.phantom import (
 )
 from boneage_core.train import fit
 
-CFG = TrainConfig(backbone="resnet50", image_size=32, epochs=3, batch_size=8, lr=1e-3, aug_strength=0.3, head_hidden=32)
+CFG = TrainConfig(backbone="resnet50", image_size=32, epochs=3, batch_size=8, lr=3e-4, aug_strength=0.3, head_hidden=32)
 
 
 @pytest.fixture(scope="module")
