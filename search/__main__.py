@@ -71,6 +71,22 @@ def get_args_parser() -> Parser:
     dash.add_argument("--port", type=positive_int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
 
+    bench = sub.add_parser("bench", help="the performance benchmarks: figures to results/bench/")
+    bench.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes (what CI runs)")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    bench.add_argument("--out", help="output directory (default results/bench, or results/bench-quick with --quick)")
+    bench.add_argument(
+        "--only",
+        help="comma-separated benchmarks: data_path, training_overhead, "
+        "search_efficiency, storage, gpu_throughput (default all)",
+    )
+    bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 4)")
+    bench.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL URL whose server may host a scratch database for the storage benchmark",
+    )
+
     data = sub.add_parser("data", help="make the phantom, check or cache a data directory")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     mk = data_sub.add_parser("make-phantom", help="write the embedded synthetic dataset in the Kaggle layout")

@@ -156,3 +156,12 @@ def data(args: argparse.Namespace) -> int:
     prepared = prepare(args.dir, args.size, seed=args.seed, quiet=False)
     print(f"cached {len(prepared.table)} images at {args.size} px")
     return 0
+
+
+def bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.bench import run_bench
+
+    out = args.out or ("results/bench-quick" if args.quick else "results/bench")
+    report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials)
+    print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
+    return 0
