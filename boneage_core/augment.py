@@ -22,12 +22,9 @@ def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
     return (batch_uint8.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
-def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x: float (B, C, S, S) standardized pixels. Parameters are drawn on the CPU generator (B numbers
-    each, so reproducible on any device) and applied on x's device in one grid_sample call."""
-    if strength <= 0:
-        return x
-    b = x.shape[0]
+def _draw(b: int, strength: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """The batch's random parameters, drawn on the CPU generator (B numbers each, so reproducible on any
+    device) in a fixed order."""
 
     def uniform(scale: float) -> torch.Tensor:
         return (torch.rand(b, generator=generator) * 2 - 1) * scale * strength
@@ -36,13 +33,54 @@ def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator |
     scale = 1.0 + uniform(0.15)
     tx, ty = uniform(0.2), uniform(0.2)  # grid units span [-1, 1], so 0.2 is 10% of the side
     flip = torch.where(torch.rand(b, generator=generator) < 0.5 * strength, -1.0, 1.0)
+    contrast = 1.0 + uniform(0.2)
+    brightness = uniform(0.2 / PIXEL_STD)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1).to(
-        x.device, x.dtype
-    )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return {"row_x": torch.stack([cos * flip, -sin, tx], 1), "row_y": torch.stack([sin * flip, cos, ty], 1),
+            "contrast": contrast, "brightness": brightness}  # fmt: skip
+
+
+def affine_grid(row_x: torch.Tensor, row_y: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """F.affine_grid(theta, align_corners=False) for theta = [row_x; row_y], built by broadcasting a
+    row and a column per image instead of multiplying a (B, H*W, 3) base grid: 3x faster on a CPU."""
+    device = row_x.device
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+
+    def coord(row: torch.Tensor) -> torch.Tensor:
+        along_x = row[:, 0, None] * xs + row[:, 2, None]  # (B, W)
+        return along_x[:, None, :] + (row[:, 1, None] * ys)[:, :, None]  # (B, H, W)
+
+    return torch.stack((coord(row_x), coord(row_y)), dim=-1)
+
+
+def augmented_batch(
+    batch_uint8: torch.Tensor, strength: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """uint8 (B, 1, S, S) -> augmented standardized float32, the same result as
+    augment_batch(normalize(batch)) in fewer passes over the pixels: the geometric transform samples the
+    raw pixels (0 is the dark film, so zero padding is the background) and standardization, contrast and
+    brightness become one multiply-add per image."""
+    if strength <= 0:
+        return normalize(batch_uint8)
+    b, _, h, w = batch_uint8.shape
+    p = {k: v.to(batch_uint8.device, torch.float32) for k, v in _draw(b, strength, generator).items()}
+    x = batch_uint8.float()
+    out = F.grid_sample(x, affine_grid(p["row_x"], p["row_y"], h, w, x.dtype), mode="bilinear",
+                        padding_mode="zeros", align_corners=False)  # fmt: skip
+    gain = (p["contrast"] / (255.0 * PIXEL_STD)).view(b, 1, 1, 1)
+    offset = (p["brightness"] - PIXEL_MEAN / PIXEL_STD).view(b, 1, 1, 1)
+    return torch.addcmul(offset, out, gain)
+
+
+def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x: float (B, C, S, S) standardized pixels -> augmented, applied on x's device in one
+    grid_sample call."""
+    if strength <= 0:
+        return x
+    b, _, h, w = x.shape
+    p = {k: v.to(x.device, x.dtype) for k, v in _draw(b, strength, generator).items()}
     background = -PIXEL_MEAN / PIXEL_STD  # pixel value 0 after normalize: the dark film outside the scan
+    grid = affine_grid(p["row_x"], p["row_y"], h, w, x.dtype)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = (1.0 + uniform(0.2)).to(x.device, x.dtype).view(b, 1, 1, 1)
-    brightness = uniform(0.2 / PIXEL_STD).to(x.device, x.dtype).view(b, 1, 1, 1)
-    return out * contrast + background + brightness
+    return out * p["contrast"].view(b, 1, 1, 1) + background + p["brightness"].view(b, 1, 1, 1)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneage_core.augment import augment_batch, normalize
+from boneage_core.augment import augmented_batch, normalize
 from boneage_core.config import TrainConfig, check_config
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.metrics import regression_metrics
@@ -97,8 +97,13 @@ def loss_fn(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def training_batches(
-    images: torch.Tensor, male: torch.Tensor, batch_size: int, aug_strength: float, generator: torch.Generator,
-    device: torch.device, drop_last: bool = True,
+    images: torch.Tensor,
+    male: torch.Tensor,
+    batch_size: int,
+    aug_strength: float,
+    generator: torch.Generator,
+    device: torch.device,
+    drop_last: bool = True,
 ):
     """One epoch of (index, augmented standardized batch) in a seeded random order: the whole data path.
 
@@ -115,7 +120,7 @@ def training_batches(
         if not on_device:
             batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
             idx = idx.to(device, non_blocking=True)
-        x = augment_batch(normalize(batch.unsqueeze(1)), aug_strength, generator)
+        x = augmented_batch(batch.unsqueeze(1), aug_strength, generator)
         yield idx, x.contiguous(memory_format=torch.channels_last)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from boneage_core.augment import augment_batch, normalize
+from boneage_core.augment import _draw, affine_grid, augment_batch, augmented_batch, normalize
 from boneage_core.metrics import regression_metrics
 
 
@@ -29,6 +30,21 @@ def test_augmentation_is_seeded_and_grows_with_strength():
     weak = (augment_batch(x, 0.1, torch.Generator().manual_seed(2)) - x).abs().mean()
     strong = (augment_batch(x, 1.0, torch.Generator().manual_seed(2)) - x).abs().mean()
     assert 0 < weak < strong
+
+
+def test_fused_uint8_path_equals_normalize_then_augment():
+    """training_batches' fast path gives the same pixels as the plain composition, strength 0 included."""
+    u8 = torch.randint(0, 256, (6, 1, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for strength in (0.0, 0.4, 1.0):
+        fast = augmented_batch(u8, strength, torch.Generator().manual_seed(9))
+        plain = augment_batch(normalize(u8), strength, torch.Generator().manual_seed(9))
+        assert fast.dtype == torch.float32 and torch.allclose(fast, plain, atol=1e-4)
+
+
+def test_broadcast_affine_grid_equals_torch_affine_grid():
+    p = _draw(5, 1.0, torch.Generator().manual_seed(4))
+    ref = F.affine_grid(torch.stack([p["row_x"], p["row_y"]], 1), [5, 1, 24, 30], align_corners=False)
+    assert torch.allclose(affine_grid(p["row_x"], p["row_y"], 24, 30, torch.float32), ref, atol=1e-6)
 
 
 def test_background_stays_background_after_a_shift():
