@@ -74,13 +74,17 @@ def get_args_parser() -> Parser:
     bench = sub.add_parser("bench", help="the performance benchmarks: figures to results/bench/")
     bench.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes (what CI runs)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    bench.add_argument("--out", help="output directory (default results/bench, or results/bench-quick with --quick)")
+    bench.add_argument(
+        "--out",
+        help="output directory (default results/bench; with --quick results/bench-quick, with --only "
+        "results/bench-partial)",
+    )
     bench.add_argument(
         "--only",
         help="comma-separated benchmarks: data_path, training_overhead, "
         "search_efficiency, storage, gpu_throughput (default all)",
     )
-    bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 4)")
+    bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 3)")
     bench.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/test",

@@ -417,9 +417,11 @@ def bench_search_efficiency(sizes: Sizes, work: Path, **_) -> dict:
     s["notes"] = [
         f"{n} trials each, the demo study (`--set` {' '.join(p) if p else 'none'}): TPE with its median pruner; "
         f"TPE without pruning; random search without pruning for {n_random} trials, the epochs TPE + pruning used.",
-        f"Limit: a trial trains {e} epochs and the median pruner looks after each, so a pruned trial saves at most "
-        f"{e - 1} of {e}; its first trials (pruner.n_startup_trials) are never pruned. With more epochs per "
-        "trial pruning saves a larger share.",
+        f"What limits the saving: a trial trains only {e} epochs, so pruning could save at most {e - 1} of {e} "
+        "epochs, and only if every trial after the pruner's start-up trials stopped at epoch 1. The median pruner "
+        "stops a trial only when it is worse than the median of earlier trials at the same epoch, and TPE, "
+        f"aiming at the good region, proposes fewer such trials as it learns ({tpe['pruned']} of {n} pruned here). "
+        f"In wall time the pruned search took {tpe['wall_s']:.0f} s against {unpruned['wall_s']:.0f} s.",
         "One seed per arm: differences of a few percent in best MAE are within the noise of a single search.",
     ]
     return s
@@ -543,7 +545,10 @@ def bench_gpu_throughput(sizes: Sizes, work: Path, device: torch.device, quick: 
         "at least 2,500 images/s at 224 px on one H200",
     )
     if device.type != "cuda":
-        s["skipped"] = "no CUDA device visible on this machine; run `python -m search bench --only gpu_throughput`"
+        s["skipped"] = (
+            "no CUDA device visible on this machine; on a GPU machine run "
+            "`python -m search bench --only gpu_throughput --device cuda` (under 5 minutes)"
+        )
         s["measured"] = "not run (no GPU)"
         return s
     rows = gpu_throughput(device, sizes=(224,) if quick else (224, 512), n_images=2048 if quick else GPU_EPOCH_IMAGES)

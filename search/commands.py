@@ -161,7 +161,9 @@ def data(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace, argv: list[str]) -> int:
     from search.bench import run_bench
 
-    out = args.out or ("results/bench-quick" if args.quick else "results/bench")
+    # a quick or partial run never overwrites the full figures in results/bench
+    default = "results/bench-quick" if args.quick else "results/bench-partial" if args.only else "results/bench"
+    out = args.out or default
     report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials)
     print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
     return 0
