@@ -108,7 +108,7 @@ def scratch_postgres(admin_url: str) -> Iterator[str | None]:
         yield None
         return
     conn.autocommit = True
-    name = f"boneage_bench_{uuid.uuid4().hex[:10]}"
+    name = f"boneage_scratch_{uuid.uuid4().hex[:10]}"
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
     conn.close()

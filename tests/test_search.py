@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 
 import optuna
 import pytest
@@ -118,23 +117,15 @@ def test_two_workers_on_sqlite_share_one_budget(tmp_path, study):
 
 @pytest.fixture
 def postgres_url():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    conn.autocommit = True
-    name = f"boneage_test_{uuid.uuid4().hex[:10]}"
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    # a new connection: a test may have restarted the server since
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=10)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    conn.close()
+    """A scratch database on the server at 127.0.0.1:5432, dropped after the test (the same helper the
+    storage benchmark uses)."""
+    pytest.importorskip("psycopg2")
+    from search.bench_storage import scratch_postgres
+
+    with scratch_postgres("postgresql://postgres@127.0.0.1:5432/test") as url:
+        if url is None:
+            pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+        yield url
 
 
 def test_two_machines_on_postgresql_share_one_study_and_budget(tmp_path, study, postgres_url):
