@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
 
 from boneage_core import BoneAgeError, TrainingDiverged
-from boneage_core.train import Split, fit
+from boneage_core.train import fit
 from search.space import suggest_config
 from search.specs import StudySpec
+
+if TYPE_CHECKING:
+    from search.runner import StudyData
 
 # Trial failures that say something about the parameters, not about the program: the trial is
 # recorded as failed with its reason and the search goes on.
@@ -28,7 +32,7 @@ class BudgetReached(Exception):
     """Another worker took the last trial of the budget between our check and our ask."""
 
 
-def make_objective(spec: StudySpec, train: Split, val: Split, n_trials: int) -> Callable[[optuna.Trial], float]:
+def make_objective(spec: StudySpec, data: StudyData, n_trials: int) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         earlier = trial.study.get_trials(deepcopy=False, states=CLAIMED)
         if sum(t.number < trial.number for t in earlier) >= n_trials:
@@ -37,6 +41,8 @@ def make_objective(spec: StudySpec, train: Split, val: Split, n_trials: int) -> 
         cfg = suggest_config(trial, spec.train, spec.space)
         trial.set_user_attr("config", cfg.to_dict())
         start = time.perf_counter()
+        # a searched image size is decoded on its first use, inside the trial that needs it
+        train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
         history: list[dict] = []
 
         def on_epoch_end(epoch: int, row: dict) -> None:

@@ -23,7 +23,7 @@ from boneage_core import BoneAgeError
 from boneage_core.config import TrainConfig, make_config
 from boneage_core.metrics import bootstrap_ci, paired_mae_difference, regression_metrics
 from boneage_core.train import fit, predict_months
-from search.runner import prepare_search_data
+from search.runner import StudyData
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 
@@ -68,8 +68,9 @@ def retrain(
     quiet: bool = False,
 ) -> dict[str, Any]:
     configs = recipes(study, spec, train_overrides or {})
-    data = prepare_search_data(spec, quiet, splits=("train", "val", "test"))
-    trainval, test = data.split("train", "val"), data.split("test")
+    data = StudyData(spec, quiet, splits=("train", "val", "test"))
+    test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
+    trainval_n = len(data.split(spec.train.image_size, "train", "val"))
     out_dir = results_dir / spec.name
     ckpt_dir = checkpoint_dir / spec.name
     try:
@@ -80,7 +81,7 @@ def retrain(
     summary: dict[str, Any] = {
         "study": spec.name,
         "best_trial": study.best_trial.number,
-        "n_trainval": len(trainval),
+        "n_trainval": trainval_n,
         "n_test": len(test),
         "seeds": seeds,
         "recipes": {},
@@ -88,10 +89,12 @@ def retrain(
     abs_err: dict[str, np.ndarray] = {}  # per test image, averaged over seeds
     for name, cfg in configs.items():
         per_seed, preds, tta_preds, start = [], [], [], time.perf_counter()
+        # each recipe at its own image size (a searched size may differ from the baseline's)
+        trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
         for k in range(seeds):
             c = dataclasses.replace(cfg, seed=cfg.seed + k)
             if not quiet:
-                print(f"retrain {name}, seed {k + 1}/{seeds}: {c.epochs} epochs on {len(trainval)} images", flush=True)
+                print(f"retrain {name}, seed {k + 1}/{seeds}: {c.epochs} epochs on {len(trainval)} images at {c.image_size} px", flush=True)
             r = fit(c, trainval, test, checkpoint=ckpt_dir / f"{name}-seed{k}.pt", eval_each_epoch=False)
             preds.append(r.val_pred_months)
             per_seed.append(r.metrics["mae_months"])

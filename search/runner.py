@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from boneage_core import BoneAgeError
 from boneage_core.dataset import Prepared, prepare
+from boneage_core.train import Split
 from search.objective import TRIAL_FAILURES, BudgetReached, make_objective
 from search.space import space_signature
 from search.specs import StudySpec, spec_summary
@@ -92,19 +93,40 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
     return out
 
 
-def prepare_search_data(spec: StudySpec, quiet: bool, splits: tuple[str, ...] = ("train", "val")) -> Prepared:
-    """The study's data, decoded into the cache. Train and val only by default: the test split is
-    never read by the search; retrain asks for it."""
+def prepare_search_data(
+    spec: StudySpec, quiet: bool, splits: tuple[str, ...] = ("train", "val"), image_size: int | None = None
+) -> Prepared:
+    """The study's data at image_size (default data.image_size), decoded into the cache. Train and val
+    only by default: the test split is never read by the search; retrain asks for it."""
     d = spec.data
     return prepare(
         d["source"],
-        d["image_size"],
+        image_size or d["image_size"],
         seed=d["seed"],
         max_images=d["max_images"],
         phantom_n=d["phantom_n"],
         quiet=quiet,
         splits=splits,
     )
+
+
+class StudyData:
+    """The study's splits at every image size a trial asks for: each size is decoded into the cache
+    once (on disk, shared by workers) and held here once per process. The rows and their order do not
+    depend on the size, so every size sees the same images in the same split."""
+
+    def __init__(self, spec: StudySpec, quiet: bool, splits: tuple[str, ...] = ("train", "val")):
+        self.spec, self.quiet, self.splits = spec, quiet, splits
+        self._held: dict[tuple[int, tuple[str, ...]], Split] = {}
+        self._prepared: dict[int, Prepared] = {}
+
+    def split(self, image_size: int, *names: str) -> Split:
+        key = (image_size, names)
+        if key not in self._held:
+            if image_size not in self._prepared:
+                self._prepared[image_size] = prepare_search_data(self.spec, self.quiet, self.splits, image_size)
+            self._held[key] = self._prepared[image_size].split(*names)
+        return self._held[key]
 
 
 def preflight(spec: StudySpec, n_train: int) -> None:
@@ -165,9 +187,9 @@ def run_study(
     worker_index = int(os.environ.get(WORKER_ENV, "0"))
     # K workers on one machine share its cores instead of each starting a thread per core
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, workers))))
-    data = prepare_search_data(spec, quiet)
-    train, val = data.split("train"), data.split("val")
-    preflight(spec, len(train))
+    data = StudyData(spec, quiet)
+    train_images = len(data.split(spec.train.image_size, "train"))
+    preflight(spec, train_images)
     study = load_study(spec, url)
     check_space_matches(study, space_signature(spec.space), str(spec.path))
     if "spec" not in study.user_attrs:
@@ -176,7 +198,7 @@ def run_study(
     # reseed the sampler past what the study holds, distinct per worker
     study.sampler = make_sampler(spec, offset=len(study.get_trials(deepcopy=False)) + 7919 * worker_index)
     extra = _spawn_workers(workers - 1, worker_argv or []) if workers > 1 and worker_index == 0 else []
-    objective = make_objective(spec, train, val, n_trials)
+    objective = make_objective(spec, data, n_trials)
     start = time.monotonic()
     c = counts(study)
     bar = tqdm(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from boneage_core import BoneAgeError
-from boneage_core.config import TrainConfig, coerce_field, make_config
+from boneage_core.config import MIN_IMAGE_SIZE_PX, TrainConfig, coerce_field, make_config
 from search.space import ParamSpec, parse_space
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -34,7 +34,7 @@ class StudySpec:
     name: str
     path: Path
     data: dict[str, Any]
-    train: TrainConfig  # fixed fields, image_size copied from [data]
+    train: TrainConfig  # fixed fields, image_size copied from [data] (a [space.image_size] overrides it)
     space: dict[str, ParamSpec]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
@@ -120,7 +120,10 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
     train = make_config({**train_values, "image_size": data["image_size"]})
     space = parse_space(raw.get("space", {}))
     if "image_size" in space:
-        raise BoneAgeError("[space.image_size] is not searchable here: the cache has one size per study")
+        p = space["image_size"]
+        smallest = min(p.choices) if p.type == "categorical" else p.low
+        if smallest < MIN_IMAGE_SIZE_PX:
+            raise BoneAgeError(f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least 32")
     sampler = {"name": "tpe", "seed": 0, **_check_section(raw.get("sampler", {}), SAMPLER_KEYS, "sampler")}
     pruner = {"name": "median", **_check_section(raw.get("pruner", {}), PRUNER_KEYS, "pruner")}
     if sampler["name"] not in SAMPLERS:

@@ -112,3 +112,33 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     assert "seed baseline" in summary and "Final test" in summary and "95% CI" in summary
     assert "PNG copies" in summary
     assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
+
+
+def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # noqa: F811
+    """Each trial trains at the size it drew (decoded once per size); retrain rebuilds the best trial at
+    its size and the baseline at data.image_size, both scored on the same test images."""
+    study.write_text(study.read_text() + '[space.image_size]\ntype = "categorical"\nchoices = [32, 48]\n')
+    r = run_cli("run", "--study", str(study), "--trials", "4", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    done = [t for t in s.trials if t.state.is_finished()]
+    assert len(done) == 4
+    for t in done:
+        assert t.user_attrs["config"]["image_size"] == t.params["image_size"]
+    assert {t.params["image_size"] for t in done} == {32, 48}  # seeded: both sizes drawn in 4 trials
+
+    r = run_cli("retrain", "--study", str(study), "--set", "train.epochs=1", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    assert out["recipes"]["best"]["config"]["image_size"] == s.best_trial.params["image_size"]
+    assert out["recipes"]["baseline"]["config"]["image_size"] == 32
+    ids = [
+        [line.split(",")[0] for line in (tmp_path / "results" / "tiny" / f"predictions_{n}_seed0.csv").read_text().splitlines()]
+        for n in ("best", "baseline")
+    ]
+    assert ids[0] == ids[1] and len(ids[0]) == 1 + out["n_test"]
+
+
+def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path, study):  # noqa: F811
+    study.write_text(study.read_text() + '[space.image_size]\ntype = "categorical"\nchoices = [16, 32]\n')
+    assert_one_line_error(run_cli("run", "--study", str(study), cwd=tmp_path), "[space.image_size]", "16 px")
