@@ -179,10 +179,21 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, stu
 def test_ctrl_c_fails_the_current_trial_exits_130_and_resumes(tmp_path, study):
     proc = start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
     _wait_for_running_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR1)  # a stack dump for diagnosis, which must not stop the run
+    time.sleep(1)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    try:
+        rc = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # show what it waits on (the CLI dumps its stacks on SIGUSR1)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        pytest.fail("run still alive 60 s after Ctrl-C; its threads:\n" + proc.communicate()[1][-6000:])
+    assert rc == 130
     err = proc.stderr.read()
     assert "rerun the same command to continue" in err and "Traceback" not in err
+    assert "most recent call first" in err  # the SIGUSR1 dump
     states = [t.state for t in load(tmp_path).get_trials()]
     assert states == [TrialState.FAIL]  # consistent: nothing left RUNNING
     r = run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
