@@ -94,7 +94,8 @@ def retrain(
         for k in range(seeds):
             c = dataclasses.replace(cfg, seed=cfg.seed + k)
             if not quiet:
-                print(f"retrain {name}, seed {k + 1}/{seeds}: {c.epochs} epochs on {len(trainval)} images at {c.image_size} px", flush=True)
+                where = f"{len(trainval)} images at {c.image_size} px"
+                print(f"retrain {name}, seed {k + 1}/{seeds}: {c.epochs} epochs on {where}", flush=True)
             r = fit(c, trainval, test, checkpoint=ckpt_dir / f"{name}-seed{k}.pt", eval_each_epoch=False)
             preds.append(r.val_pred_months)
             per_seed.append(r.metrics["mae_months"])

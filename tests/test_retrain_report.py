@@ -133,7 +133,10 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # no
     assert out["recipes"]["best"]["config"]["image_size"] == s.best_trial.params["image_size"]
     assert out["recipes"]["baseline"]["config"]["image_size"] == 32
     ids = [
-        [line.split(",")[0] for line in (tmp_path / "results" / "tiny" / f"predictions_{n}_seed0.csv").read_text().splitlines()]
+        [
+            line.split(",")[0]
+            for line in (tmp_path / "results" / "tiny" / f"predictions_{n}_seed0.csv").read_text().splitlines()
+        ]
         for n in ("best", "baseline")
     ]
     assert ids[0] == ids[1] and len(ids[0]) == 1 + out["n_test"]
