@@ -70,6 +70,13 @@ def load(tmp_path, url=None):
     return optuna.load_study(study_name="tiny", storage=with_driver(url or f"sqlite:///{tmp_path}/studies/tiny.db"))
 
 
+def _as_at_a_terminal():
+    """SIGINT back to its default in the child, as a shell gives it to a command run at a terminal.
+    When the tests themselves run as a background job of a non-interactive shell, SIGINT arrives
+    ignored, Python then leaves it ignored, and Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(cwd, study, *extra):
     """`python -m search run` in the background, as a user in directory cwd would start it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -79,6 +86,7 @@ def start_run(cwd, study, *extra):
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_at_a_terminal,
     )
 
 
