@@ -63,7 +63,10 @@ def get_args_parser() -> Parser:
     )
     run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     run.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
-    sub.add_parser("baseline", parents=[common], help="train the seed recipe on the study's data and record it")
+    bl = sub.add_parser("baseline", parents=[common], help="train the seed recipe on the study's data and record it")
+    bl.add_argument(
+        "--seeds", type=positive_int, default=3, help="seeds; the recorded val MAE is their mean (default 3)"
+    )
     rt = sub.add_parser("retrain", parents=[common], help="best params and the seed baseline on train+val -> test MAE")
     rt.add_argument("--seeds", type=positive_int, default=1, help="seeds per recipe: mean and SD (default 1)")
     rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -12,19 +13,34 @@ from search.runner import load_study, prepare_search_data
 from search.specs import StudySpec
 
 
-def run_baseline(spec: StudySpec, url: str, quiet: bool = False) -> dict:
-    """Train the [baseline] recipe on train, score val; stored as the study attr 'baseline'."""
+def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3) -> dict:
+    """Train the [baseline] recipe on train with `seeds` seeds, score val; stored as the study attr
+    'baseline'. val_mae_months is the mean over seeds: with a constant learning rate the seed recipe's
+    last epoch lands anywhere, and its val MAE swung by 6 months between seeds on the phantom, so one
+    seed is a poor yardstick for the search."""
     data = prepare_search_data(spec, quiet)
     study = load_study(spec, url, heartbeat=False)
     train, val = data.split("train"), data.split("val")
     start = time.perf_counter()
-    result = fit(spec.baseline, train, val, quiet=quiet)
+    per_seed, histories = [], []
+    for k in range(seeds):
+        cfg = dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k)
+        if not quiet and seeds > 1:
+            print(f"seed {k + 1}/{seeds}", flush=True)
+        result = fit(cfg, train, val, quiet=quiet)
+        per_seed.append(result.metrics["mae_months"])
+        histories.append(result.history)
+        if k == 0:
+            metrics = result.metrics
     record = {
-        "val_mae_months": result.metrics["mae_months"],
+        "val_mae_months": float(np.mean(per_seed)),
+        "val_mae_per_seed": per_seed,
+        "val_mae_sd": float(np.std(per_seed, ddof=1)) if seeds > 1 else 0.0,
         # the trivial reference: predict the training mean for everyone
         "mean_predictor_val_mae_months": mae_months(np.full(len(val), train.age_months.mean()), val.age_months),
-        "val_metrics": result.metrics,
-        "history": result.history,
+        "val_metrics": metrics,  # of the first seed
+        "history": histories[0],
+        "histories": histories,
         "config": spec.baseline.to_dict(),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }

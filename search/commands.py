@@ -70,9 +70,10 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
             f"{b.epochs} epochs, batch {b.batch_size}",
             flush=True,
         )
-    record = run_baseline(spec, url, args.quiet)
+    record = run_baseline(spec, url, args.quiet, seeds=args.seeds)
+    seeds = ", ".join(f"{v:.2f}" for v in record["val_mae_per_seed"])
     print(
-        f"baseline val MAE {record['val_mae_months']:.2f} months ({record['wall_time_s']:.0f} s); "
+        f"baseline val MAE {record['val_mae_months']:.2f} months (seeds: {seeds}; {record['wall_time_s']:.0f} s); "
         f"mean predictor {record['mean_predictor_val_mae_months']:.2f} months; recorded in {redact(url)}"
     )
     return 0

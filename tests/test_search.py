@@ -280,6 +280,14 @@ def test_baseline_is_recorded_in_the_study_and_shown_by_status(tmp_path, study):
     assert r.returncode == 0, r.stderr
     base = load(tmp_path).user_attrs["baseline"]
     assert base["config"]["epochs"] == 1 and base["val_mae_months"] > 0
+    # three seeds by default, the recorded figure is their mean, and the seeds really differ
+    per_seed = base["val_mae_per_seed"]
+    assert len(per_seed) == 3 and len(set(per_seed)) == 3
+    assert abs(base["val_mae_months"] - sum(per_seed) / 3) < 1e-9
+    r = run_cli("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and len(load(tmp_path).user_attrs["baseline"]["val_mae_per_seed"]) == 1
+    assert load(tmp_path).user_attrs["baseline"]["val_mae_per_seed"][0] == per_seed[0]  # seed 0 is seed 0
+    base = load(tmp_path).user_attrs["baseline"]
     run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path)
     r = run_cli("status", "--study", str(study), cwd=tmp_path)
     assert r.returncode == 0
