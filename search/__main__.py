@@ -11,7 +11,16 @@ import warnings
 
 from boneage_core import BoneAgeError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what kill, systemd and batch schedulers send) ends the work as Ctrl-C does: the trial
+    in progress is failed, the study stays consistent, workers are told to stop."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class Parser(argparse.ArgumentParser):
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: what a stuck run waits on
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
     from search.runner import SearchFailing
@@ -128,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except SearchFailing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted: the study is saved; rerun the same command to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: the study is saved; rerun the same command to continue", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:

@@ -184,21 +184,22 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, stu
     assert any(t.params == failed[0].params for t in finished(s))
 
 
-def test_ctrl_c_fails_the_current_trial_exits_130_and_resumes(tmp_path, study):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_fails_the_current_trial_exits_and_resumes(tmp_path, study, sig, code):
     proc = start_run(tmp_path, study, "--trials", "2", "--set", "train.epochs=200")
     _wait_for_running_trial(tmp_path, proc)
     proc.send_signal(signal.SIGUSR1)  # a stack dump for diagnosis, which must not stop the run
     time.sleep(1)
     assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         rc = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:  # show what it waits on (the CLI dumps its stacks on SIGUSR1)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(2)
         proc.kill()
-        pytest.fail("run still alive 60 s after Ctrl-C; its threads:\n" + proc.communicate()[1][-6000:])
-    assert rc == 130
+        pytest.fail(f"run still alive 60 s after {sig.name}; its threads:\n" + proc.communicate()[1][-6000:])
+    assert rc == code
     err = proc.stderr.read()
     assert "rerun the same command to continue" in err and "Traceback" not in err
     assert "most recent call first" in err  # the SIGUSR1 dump
