@@ -22,25 +22,22 @@ def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3)
     study = load_study(spec, url, heartbeat=False)
     train, val = data.split("train"), data.split("val")
     start = time.perf_counter()
-    per_seed, histories = [], []
+    runs = []  # (metrics, history) per seed; the models are not kept
     for k in range(seeds):
-        cfg = dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k)
         if not quiet and seeds > 1:
             print(f"seed {k + 1}/{seeds}", flush=True)
-        result = fit(cfg, train, val, quiet=quiet)
-        per_seed.append(result.metrics["mae_months"])
-        histories.append(result.history)
-        if k == 0:
-            metrics = result.metrics
+        result = fit(dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k), train, val, quiet=quiet)
+        runs.append((result.metrics, result.history))
+    per_seed = [metrics["mae_months"] for metrics, _ in runs]
     record = {
         "val_mae_months": float(np.mean(per_seed)),
         "val_mae_per_seed": per_seed,
         "val_mae_sd": float(np.std(per_seed, ddof=1)) if seeds > 1 else 0.0,
         # the trivial reference: predict the training mean for everyone
         "mean_predictor_val_mae_months": mae_months(np.full(len(val), train.age_months.mean()), val.age_months),
-        "val_metrics": metrics,  # of the first seed
-        "history": histories[0],
-        "histories": histories,
+        "val_metrics": runs[0][0],  # of the first seed
+        "history": runs[0][1],
+        "histories": [history for _, history in runs],
         "config": spec.baseline.to_dict(),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }

@@ -61,6 +61,7 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
 
 def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     from search.baseline import run_baseline
+    from search.report import format_seeds
 
     spec, url = _spec_and_url(args)
     b = spec.baseline
@@ -71,7 +72,7 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
             flush=True,
         )
     record = run_baseline(spec, url, args.quiet, seeds=args.seeds)
-    seeds = ", ".join(f"{v:.2f}" for v in record["val_mae_per_seed"])
+    seeds = format_seeds(record["val_mae_per_seed"])
     print(
         f"baseline val MAE {record['val_mae_months']:.2f} months (seeds: {seeds}; {record['wall_time_s']:.0f} s); "
         f"mean predictor {record['mean_predictor_val_mae_months']:.2f} months; recorded in {redact(url)}"

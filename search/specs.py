@@ -123,7 +123,9 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         p = space["image_size"]
         smallest = min(p.choices) if p.type == "categorical" else p.low
         if smallest < MIN_IMAGE_SIZE_PX:
-            raise BoneAgeError(f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least 32")
+            raise BoneAgeError(
+                f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least {MIN_IMAGE_SIZE_PX}"
+            )
     sampler = {"name": "tpe", "seed": 0, **_check_section(raw.get("sampler", {}), SAMPLER_KEYS, "sampler")}
     pruner = {"name": "median", **_check_section(raw.get("pruner", {}), PRUNER_KEYS, "pruner")}
     if sampler["name"] not in SAMPLERS:
