@@ -92,6 +92,8 @@ def test_bench_bad_input_is_one_line(tmp_path, args, fragments):
     assert_one_line_error(run_cli("bench", "--quick", *args, cwd=tmp_path), *fragments)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without CUDA gives")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="needs a machine without a CUDA device: on this one --device cuda is valid"
+)
 def test_bench_on_cuda_without_a_gpu_is_one_line(tmp_path):
     assert_one_line_error(run_cli("bench", "--quick", "--device", "cuda", cwd=tmp_path), "cuda")
