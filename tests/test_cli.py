@@ -59,6 +59,7 @@ BAD_ARGS = [
     ("trials zero", ["run", "--trials", "0"], "--trials", "at least 1"),
     ("trials negative", ["run", "--trials", "-3"], "--trials"),
     ("trials not a number", ["run", "--trials", "many"], "--trials", "'many'"),
+    ("baseline seeds zero", ["baseline", "--seeds", "0"], "--seeds", "at least 1"),
     ("unknown study", ["run", "--study", "nosuch"], "unknown study 'nosuch'"),
     ("unknown key", ["run", "--set", "train.learning_rate=0.1"], "train.learning_rate"),
     ("unknown section", ["run", "--set", "trian.lr=0.1"], "trian.lr"),
