@@ -1,8 +1,11 @@
 """Batch augmentation on tensors with one strength knob in [0, 1]; the same code on CPU and GPU.
 
 One affine grid per batch (rotation, translation, scale, horizontal flip) sampled with grid_sample,
-then brightness and contrast. Strength 0 returns the batch untouched; 1 is strong but anatomical
-(+-20 degrees, +-10% shift, +-15% scale, flip half the time, +-20% brightness and contrast).
+then brightness and contrast (unless intensity=False). Strength 0 returns the batch untouched; 1 is
+strong but anatomical (+-20 degrees, +-10% shift, +-15% scale, flip half the time, +-20% brightness
+and contrast). Strength 1 without intensity is the seed project's augmentation: torchvision's
+RandomRotation(20), RandomHorizontalFlip() and RandomAffine(translate=(0.1, 0.1), scale=(0.85, 1.15)),
+composed into one resampling instead of three.
 """
 
 from __future__ import annotations
@@ -55,32 +58,21 @@ def affine_grid(row_x: torch.Tensor, row_y: torch.Tensor, h: int, w: int, dtype:
 
 
 def augmented_batch(
-    batch_uint8: torch.Tensor, strength: float, generator: torch.Generator | None = None
+    batch_uint8: torch.Tensor, strength: float, generator: torch.Generator | None = None, intensity: bool = True
 ) -> torch.Tensor:
-    """uint8 (B, 1, S, S) -> augmented standardized float32, the same result as
-    augment_batch(normalize(batch)) in fewer passes over the pixels: the geometric transform samples the
-    raw pixels (0 is the dark film, so zero padding is the background) and standardization, contrast and
-    brightness become one multiply-add per image."""
+    """uint8 (B, 1, S, S) -> augmented standardized float32 in few passes over the pixels: the geometric
+    transform samples the raw pixels (0 is the dark film, so zero padding is the background), then
+    standardization, contrast and brightness are one multiply-add per image. The random draws are the
+    same with or without intensity, so switching it off changes nothing else."""
     if strength <= 0:
         return normalize(batch_uint8)
     b, _, h, w = batch_uint8.shape
     p = {k: v.to(batch_uint8.device, torch.float32) for k, v in _draw(b, strength, generator).items()}
+    if not intensity:
+        p["contrast"], p["brightness"] = torch.ones_like(p["contrast"]), torch.zeros_like(p["brightness"])
     x = batch_uint8.float()
     out = F.grid_sample(x, affine_grid(p["row_x"], p["row_y"], h, w, x.dtype), mode="bilinear",
                         padding_mode="zeros", align_corners=False)  # fmt: skip
     gain = (p["contrast"] / (255.0 * PIXEL_STD)).view(b, 1, 1, 1)
     offset = (p["brightness"] - PIXEL_MEAN / PIXEL_STD).view(b, 1, 1, 1)
     return torch.addcmul(offset, out, gain)
-
-
-def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x: float (B, C, S, S) standardized pixels -> augmented, applied on x's device in one
-    grid_sample call."""
-    if strength <= 0:
-        return x
-    b, _, h, w = x.shape
-    p = {k: v.to(x.device, x.dtype) for k, v in _draw(b, strength, generator).items()}
-    background = -PIXEL_MEAN / PIXEL_STD  # pixel value 0 after normalize: the dark film outside the scan
-    grid = affine_grid(p["row_x"], p["row_y"], h, w, x.dtype)
-    out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out * p["contrast"].view(b, 1, 1, 1) + background + p["brightness"].view(b, 1, 1, 1)

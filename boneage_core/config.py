@@ -28,6 +28,7 @@ class TrainConfig:
     schedule: str = "none"
     loss: str = "mse"
     aug_strength: float = 0.5
+    aug_intensity: bool = True  # brightness and contrast jitter besides the geometric transform
     use_sex: bool = False
     head_hidden: int = 256
     dropout: float = 0.0
@@ -39,6 +40,31 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# The seed project's recipe, field by field: a pretrained ResNet-50 on one gray channel with a small
+# regression head, Adam at lr 1e-3 held constant, MSE, batch 32, 5 epochs, no sex input, and its
+# torchvision transforms (rotation 20 degrees, horizontal flip, affine shift 10% and scale 0.85-1.15),
+# which are our geometric augmentation at strength 1 without intensity jitter. A study's [baseline]
+# starts from this, never from its [train] table, so tuning [train] cannot move the yardstick.
+SEED_RECIPE = TrainConfig(
+    backbone="resnet50",
+    pretrained="imagenet",
+    epochs=5,
+    batch_size=32,
+    optimizer="adam",
+    lr=1e-3,
+    weight_decay=0.0,
+    schedule="none",
+    loss="mse",
+    aug_strength=1.0,
+    aug_intensity=False,
+    use_sex=False,
+    head_hidden=256,
+    dropout=0.0,
+)
+# Fields that say where and how fast a run goes, not what it learns: free to differ between the
+# commands of one study.
+RUNTIME_FIELDS = ("device",)
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
 
