@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.cache import build_cache, default_cache_dir
-from boneage_core.data import DataReport, load_table, split_table
+from boneage_core.data import DataReport, data_fingerprint, load_table, split_table
 from boneage_core.errors import BoneAgeError
 from boneage_core.phantom import TRAIN_CSV, write_phantom
 from boneage_core.train import Split
@@ -24,6 +24,7 @@ class Prepared:
     table: pd.DataFrame  # id, path, age_months, male, split
     images: np.ndarray  # uint8 (len(table), S, S), memory-mapped
     root: Path
+    fingerprint: str = ""  # data_fingerprint of every split before any cap: the dataset's identity
 
     def split(self, *names: str) -> Split:
         rows = np.flatnonzero(self.table["split"].isin(names).to_numpy())
@@ -86,6 +87,7 @@ def prepare(
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     split_file = cache_dir / "splits" / f"{root.resolve().name}-{tag}-s{seed}.csv"
     table = split_table(table, seed, split_file)
+    fingerprint = data_fingerprint(table, root)
     table = cap_per_split(table[table["split"].isin(splits)], max_images, seed).reset_index(drop=True)
     images = build_cache(table, image_size, cache_dir, quiet=quiet)
-    return Prepared(table=table, images=images, root=root)
+    return Prepared(table=table, images=images, root=root, fingerprint=fingerprint)

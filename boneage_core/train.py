@@ -50,8 +50,11 @@ class Split:
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
-    val_pred_months: np.ndarray | None = None  # predictions of the last epoch on the eval split
-    metrics: dict[str, float] = field(default_factory=dict)  # full metrics of the last epoch
+    pred_months: np.ndarray | None = None  # predictions of the last evaluation, on the eval split
+    metrics: dict[str, float] = field(default_factory=dict)  # full metrics of the last evaluation
+    # the last epoch's predictions with the batch-norm statistics gathered during training, as the
+    # seed project evaluated (only when fit was asked for them)
+    pred_months_without_bn_reestimation: np.ndarray | None = None
     model: BoneAgeNet | None = None
     target_mean: float = 0.0  # months: the model predicts (age - mean) / std of the training ages
     target_std: float = 1.0
@@ -104,6 +107,7 @@ def training_batches(
     generator: torch.Generator,
     device: torch.device,
     drop_last: bool = True,
+    aug_intensity: bool = True,
 ):
     """One epoch of (index, augmented standardized batch) in a seeded random order: the whole data path.
 
@@ -120,7 +124,7 @@ def training_batches(
         if not on_device:
             batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
             idx = idx.to(device, non_blocking=True)
-        x = augmented_batch(batch.unsqueeze(1), aug_strength, generator)
+        x = augmented_batch(batch.unsqueeze(1), aug_strength, generator, intensity=aug_intensity)
         yield idx, x.contiguous(memory_format=torch.channels_last)
 
 
@@ -132,7 +136,10 @@ def train_one_epoch(
     device = targets.device
     total = torch.zeros((), device=device)
     n_batches = 0
-    for idx, x in training_batches(images, male, cfg.batch_size, cfg.aug_strength, generator, device):
+    batches = training_batches(
+        images, male, cfg.batch_size, cfg.aug_strength, generator, device, aug_intensity=cfg.aug_intensity
+    )
+    for idx, x in batches:
         with autocast_for(cfg, device):
             pred = model(x, male[idx])
         loss = loss_fn(cfg.loss, pred.float(), targets[idx])
@@ -221,6 +228,33 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # a checkpoint under its final name is always complete
 
 
+def _resume(ckpt: Path, cfg: TrainConfig, model, optimizer, scheduler, generator, result: FitResult) -> int:
+    """Load a checkpoint written by the same config; the number of epochs it holds.
+
+    Loaded on the CPU: load_state_dict then places each tensor where its module or optimizer lives,
+    while the generator state must stay a CPU byte tensor (map_location=cuda would move it there)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if json.loads(state["config"]) != cfg.to_dict():
+        raise BoneAgeError(f"checkpoint {ckpt} was written by another config; delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    result.history = json.loads(state["history"])
+    final = json.loads(state.get("final_eval", "null"))
+    if final is not None:  # finished: the predictions of its last evaluation, as they were
+        result.pred_months = np.asarray(final["pred"], dtype=np.float64)
+        if final.get("pred_without_bn_reestimation") is not None:
+            result.pred_months_without_bn_reestimation = np.asarray(final["pred_without_bn_reestimation"])
+    log.info("resuming from %s after epoch %d", ckpt, len(result.history))
+    return len(result.history)
+
+
+def _predict(model, images, male, cfg: TrainConfig, mean: float, std: float) -> np.ndarray:
+    return (evaluate(model, images, male, cfg) * std + mean).cpu().numpy().astype(np.float64)
+
+
 def fit(
     cfg: TrainConfig,
     train: Split,
@@ -229,12 +263,15 @@ def fit(
     checkpoint: str | Path | None = None,
     quiet: bool = True,
     eval_each_epoch: bool = True,
+    eval_without_bn_reestimation: bool = False,
 ) -> FitResult:
     """Train cfg on train, evaluate MAE in months on val after every epoch (or only after the last,
     when val is a test set that must not be looked at along the way).
 
-    With checkpoint, every epoch is saved there and a rerun with the same config resumes after the
-    last saved epoch.
+    Evaluation re-estimates batch-norm statistics on un-augmented training images first (see
+    recalibrate_batchnorm); eval_without_bn_reestimation also keeps the last epoch's predictions
+    without that step. With checkpoint, every epoch is saved there and a rerun with the same config
+    resumes after the last saved epoch; a finished checkpoint gives back its predictions.
     """
     check_config(cfg)
     if cfg.batch_size > len(train):
@@ -256,21 +293,8 @@ def fit(
     va_images, va_male = _to_device(val, device)
 
     result = FitResult()
-    start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        if json.loads(state["config"]) != cfg.to_dict():
-            raise BoneAgeError(f"checkpoint {ckpt} was written by another config; delete it to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        result.history = json.loads(state["history"])
-        start_epoch = len(result.history)
-        log.info("resuming from %s after epoch %d", ckpt, start_epoch)
-
+    start_epoch = _resume(ckpt, cfg, model, optimizer, scheduler, generator, result) if ckpt and ckpt.is_file() else 0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_loss = train_one_epoch(
@@ -279,19 +303,26 @@ def fit(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} (lr {cfg.lr:g})")
         row = {"epoch": epoch + 1, "train_loss": train_loss}
-        if eval_each_epoch or epoch + 1 == cfg.epochs:
+        last = epoch + 1 == cfg.epochs
+        if eval_each_epoch or last:
+            if last and eval_without_bn_reestimation:
+                result.pred_months_without_bn_reestimation = _predict(model, va_images, va_male, cfg, mean, std)
             recalibrate_batchnorm(model, tr_images, tr_male, cfg)
-            pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
+            pred = _predict(model, va_images, va_male, cfg, mean, std)
             if not np.all(np.isfinite(pred)):
                 raise TrainingDiverged(f"predictions became non-finite in epoch {epoch + 1} (lr {cfg.lr:g})")
             metrics = regression_metrics(pred, val.age_months, val.male)
             row.update(val_mae_months=metrics["mae_months"], val_rmse_months=metrics["rmse_months"])
-            result.val_pred_months, result.metrics = pred, metrics
+            result.pred_months, result.metrics = pred, metrics
         row["epoch_time_s"] = time.perf_counter() - t0
         result.history.append(row)
         if not quiet:
             print(json.dumps(row), flush=True)
         if ckpt is not None:
+            final = None
+            if last:
+                raw = result.pred_months_without_bn_reestimation
+                final = {"pred": pred.tolist(), "pred_without_bn_reestimation": None if raw is None else raw.tolist()}
             _save_checkpoint(
                 ckpt,
                 {
@@ -301,13 +332,14 @@ def fit(
                     "generator": generator.get_state(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "history": json.dumps(result.history),
+                    "final_eval": json.dumps(final),
                 },
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
-    if result.val_pred_months is None:  # resumed after the last epoch: evaluate the saved model once
-        pred = (evaluate(model, va_images, va_male, cfg) * std + mean).cpu().numpy()
-        result.val_pred_months, result.metrics = pred, regression_metrics(pred, val.age_months, val.male)
+    if result.pred_months is None:  # resumed after the last epoch from an older checkpoint: evaluate once
+        result.pred_months = _predict(model, va_images, va_male, cfg, mean, std)
+    result.metrics = regression_metrics(result.pred_months, val.age_months, val.male)
     result.model, result.target_mean, result.target_std = model, mean, std
     return result
 

@@ -64,7 +64,7 @@ def test_fit_lowers_the_loss_and_reports_every_epoch_in_months(small):
     assert [e for e, _ in seen] == [1, 2, 3]
     losses = [row["train_loss"] for _, row in seen]
     assert losses[-1] < losses[0]
-    assert result.val_pred_months.shape == (len(val),)
+    assert result.pred_months.shape == (len(val),)
     assert result.metrics["mae_months"] == pytest.approx(seen[-1][1]["val_mae_months"])
     assert 0 < result.metrics["mae_months"] < 300
 
@@ -74,7 +74,7 @@ def test_fit_is_reproducible_for_a_seed(small):
     cfg = TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=2, batch_size=8, head_hidden=16)
     a, b = fit(cfg, train, val), fit(cfg, train, val)
     assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
-    assert np.array_equal(a.val_pred_months, b.val_pred_months)
+    assert np.array_equal(a.pred_months, b.pred_months)
 
 
 def test_exception_from_on_epoch_end_stops_training(small):
