@@ -50,6 +50,7 @@ from boneage_core.train import (
     training_batches,
 )
 from search.bench_storage import burn_iterations, scratch_postgres, storage_run
+from search.record import command_line
 
 SECTIONS = ("data_path", "training_overhead", "search_efficiency", "storage", "gpu_throughput")
 RSNA_HW = (2044, 1514)  # a typical RSNA scan, portrait
@@ -642,7 +643,7 @@ def run_bench(
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if quick else "full",
-        "command": "python -m search " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "run_bench()",
+        "command": command_line(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "run_bench()",
         "device": str(dev),
         "machine": machine(),
         "sections": {},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -12,38 +11,112 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import URL, make_url
 
 from boneage_core import BoneAgeError
 
-_URL = re.compile(r"^(?P<scheme>[a-z][a-z0-9+]*)://(?P<rest>.*)$")
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # query keys whose values are secrets
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+]*")  # what an unreadable URL may still show
+PERSISTENT_BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+def _parse(url: str) -> URL | None:
+    """SQLAlchemy's reading of the URL, or None when it cannot be read as written. A host holding '@'
+    means an unescaped '@' inside the password: SQLAlchemy splits it there, so it counts as unreadable."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # ArgumentError, or ValueError for a bad port
+        return None
+    return None if parsed.host and "@" in parsed.host else parsed
+
+
+def _secrets(url: str) -> list[str]:
+    """Every secret in the URL as it may appear in text: the password (as written and decoded) and the
+    values of password-like query keys; for an unreadable URL, everything after the scheme."""
+    parsed = _parse(url)
+    if parsed is None:
+        rest = url[len(m.group(0)) :] if (m := _SCHEME.match(url)) else url
+        rest = rest.lstrip(":/")
+        userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""
+        return sorted({x for x in (rest, userinfo, userinfo.partition(":")[2]) if x}, key=len, reverse=True)
+    found = [parsed.password] if parsed.password else []
+    if "@" in url.split("://", 1)[-1] and parsed.password:  # the password as typed, maybe percent-encoded
+        userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+        found.append(userinfo.partition(":")[2])
+    for key, value in parsed.query.items():
+        if _SECRET_KEY.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return sorted({s for s in found if s}, key=len, reverse=True)
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***; safe to print, log and store."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    """The URL with its password hidden, wherever it was given (userinfo or query string); an
+    unreadable URL shows its scheme only. Safe to print, log and store."""
+    parsed = _parse(url)
+    if parsed is None:
+        m = _SCHEME.match(url)
+        return f"{m.group(0)}://***" if m else "***"
+    if not _secrets(url):
+        return url
+    query = {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def scrub(text: str, url: str) -> str:
+    """Text (an error message, a log line) with the URL and each of its secrets hidden."""
+    text = text.replace(url, redact(url))
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+URL_OPTIONS = ("--storage", "--postgres")  # options whose value is a storage URL, however malformed
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with every storage URL in it redacted: the values of --storage and --postgres
+    (as one word with '=' or as the next word), and any other word that looks like a URL."""
+    out: list[str] = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if out and out[-1] in URL_OPTIONS:
+            arg = redact(arg)
+        elif eq and name in URL_OPTIONS:
+            arg = f"{name}={redact(value)}"
+        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", arg):
+            arg = redact(arg)
+        out.append(arg)
+    return out
 
 
 def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) -> str:
     return f"sqlite:///{studies_dir / (study_name + '.db')}"
 
 
-def check_url(url: str) -> str:
-    m = _URL.match(url)
-    if not m or m["scheme"].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite URL; None for other backends."""
+    parsed = _parse(url)
+    return Path(parsed.database or "") if parsed is not None and parsed.get_backend_name() == "sqlite" else None
+
+
+def check_url(url: str, create: bool = True) -> str:
+    """A URL Optuna can keep a study in. With create, a sqlite file's directory is made and must be
+    writable; without it (commands that only read, or that need the study to exist) nothing is made."""
+    parsed = _parse(url)
+    if parsed is None or parsed.get_backend_name() not in PERSISTENT_BACKENDS:
         raise BoneAgeError(
             f"storage URL {redact(url)!r} is not valid: use sqlite:///path.db or postgresql://user@host/db"
         )
-    if m["scheme"] == "sqlite":
-        path = Path(m["rest"].removeprefix("/"))
-        if str(path) not in ("", ":memory:"):
-            parent = path.parent if path.parent != Path("") else Path(".")
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise BoneAgeError(f"cannot create the study directory {parent} ({exc.strerror})") from None
-            probe = path if path.exists() else parent
-            if not os.access(probe, os.W_OK):
-                raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")
+    path = sqlite_path(url)
+    if path is not None and create and str(path) not in ("", ":memory:"):
+        parent = path.parent if path.parent != Path("") else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BoneAgeError(f"cannot create the study directory {parent} ({exc.strerror})") from None
+        probe = path if path.exists() else parent
+        if not os.access(probe, os.W_OK):
+            raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")
     return url
 
 
@@ -58,10 +131,13 @@ def with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, heartbeat: tuple[int, int] | None = None) -> RDBStorage:
+def open_storage(url: str, heartbeat: tuple[int, int] | None = None, create: bool = True) -> RDBStorage:
     """RDBStorage; with heartbeat=(interval_s, grace_s), a RUNNING trial silent for grace_s is failed and
-    re-enqueued (once or twice) by the next worker that looks."""
-    check_url(url)
+    re-enqueued (once or twice) by the next worker that looks. Without create, a sqlite file must exist."""
+    check_url(url, create)
+    path = sqlite_path(url)
+    if not create and path is not None and not path.is_file():
+        raise BoneAgeError(f"no study storage at {path}: run `python -m search run` first, or pass --storage")
     engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
     try:
         with warnings.catch_warnings():
@@ -78,7 +154,7 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = None) -> RDBStora
             return _rdb_storage_retrying(with_driver(url), engine_kwargs, kwargs)
     except Exception as exc:  # sqlalchemy raises driver-specific types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BoneAgeError(f"cannot open study storage {redact(url)}: {redact(reason)[:200]}") from None
+        raise BoneAgeError(f"cannot open study storage {redact(url)}: {scrub(reason, url)[:200]}") from None
 
 
 class ResilientRDBStorage(RDBStorage):
@@ -110,14 +186,15 @@ def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts:
     raise AssertionError("unreachable")
 
 
-def check_space_matches(study: optuna.Study, signature: dict[str, Any], study_file: str) -> None:
-    """Refuse to mix trials of two different search spaces in one study."""
-    stored = study.user_attrs.get("space")
-    if stored is None:
-        study.set_user_attr("space", signature)
-        return
-    if json.loads(json.dumps(stored)) != json.loads(json.dumps(signature)):
+def load_existing_study(name: str, url: str) -> optuna.Study:
+    """A study that must already exist (status, report, baseline, retrain): a missing storage or study
+    is one line, and no file or directory is created for it."""
+    storage = open_storage(url, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        held = f"it holds {', '.join(names)}" if names else "it holds no study"
         raise BoneAgeError(
-            f"study '{study.study_name}' was created with another search space than {study_file} now defines; "
-            "restore the TOML, or start a new study with --set study.name=<new name>"
-        )
+            f"no study '{name}' in {redact(url)} ({held}): run `python -m search run` first, or pass --study/--storage"
+        ) from None

@@ -15,8 +15,12 @@ from tests.conftest import assert_one_line_error, run_cli
 
 
 def test_quick_bench_writes_every_benchmark_with_target_and_figures(tmp_path):
-    r = run_cli("bench", "--quick", "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=600)
+    # the server trusts local connections, so a password in the URL is accepted and must never be written
+    secret = "postgresql://postgres:hunter2@127.0.0.1:5432/test"
+    r = run_cli("bench", "--quick", "--out", str(tmp_path / "out"), "--postgres", secret, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert not any("hunter2" in p.read_text() for p in (tmp_path / "out").iterdir())
+    assert "hunter2" not in r.stdout + r.stderr
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert report["mode"] == "quick" and list(report["sections"]) == list(SECTIONS)
     assert {"cpu", "cores", "torch", "optuna", "pillow"} <= set(report["machine"])

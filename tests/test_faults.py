@@ -182,9 +182,13 @@ def test_postgres_restart_mid_run_reconnects_and_reaches_n(tmp_path, study, post
     assert all(t.state != TrialState.RUNNING for t in s.get_trials())
 
 
-def test_passwords_are_redacted_in_prints_user_attrs_and_reports(tmp_path, study, postgres_url):  # noqa: F811
+@pytest.mark.parametrize("where", ["userinfo", "query string"])
+def test_passwords_are_redacted_in_prints_user_attrs_and_reports(tmp_path, study, postgres_url, where):  # noqa: F811
     # the server trusts local connections, so any password is accepted: a real run with a secret URL
-    secret_url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    if where == "userinfo":
+        secret_url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    else:
+        secret_url = postgres_url + "?password=hunter2"
     r = run_cli("run", "--study", str(study), "--storage", secret_url, "--trials", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     s = run_cli("status", "--study", str(study), "--storage", secret_url, cwd=tmp_path)
