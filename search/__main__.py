@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import logging
 import signal
 import sys
@@ -72,12 +73,24 @@ def get_args_parser() -> Parser:
     )
     run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     run.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
-    bl = sub.add_parser("baseline", parents=[common], help="train the seed recipe on the study's data and record it")
+    bl = sub.add_parser(
+        "baseline", parents=[common], help="train the seed recipe on an existing study's data and record it"
+    )
     bl.add_argument(
         "--seeds", type=positive_int, default=3, help="seeds; the recorded val MAE is their mean (default 3)"
     )
-    rt = sub.add_parser("retrain", parents=[common], help="best params and the seed baseline on train+val -> test MAE")
-    rt.add_argument("--seeds", type=positive_int, default=1, help="seeds per recipe: mean and SD (default 1)")
+    rt = sub.add_parser(
+        "retrain",
+        parents=[common],
+        help="best params and the seed recipe on train+val -> test MAE; --set train.* changes the best "
+        "recipe only, --set baseline.* the seed recipe only",
+    )
+    rt.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        help="seeds per recipe (default 3); the verdict needs 2 or more, since it resamples seeds",
+    )
     rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging")
     sub.add_parser("report", parents=[common], help="summary, trials.csv and figures into results/<study>/")
     sub.add_parser("status", parents=[common], help="trials by state, best so far, baseline, time spent")
@@ -124,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: what a stuck run waits on
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (ValueError, io.UnsupportedOperation):  # stderr is no file (main() called from Python)
+            pass
     signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Trial.*failed.*")

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         args.timeout,
         args.quiet,
         worker_argv=_strip_option(worker_argv, "--workers"),
+        argv=argv,
     )
     if not args.quiet:
         best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
@@ -61,56 +62,83 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
 
 def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     from search.baseline import run_baseline
+    from search.record import describe_changes
     from search.report import format_seeds
 
     spec, url = _spec_and_url(args)
     b = spec.baseline
     if not args.quiet:
+        what = "modified seed recipe" if spec.baseline_changes else "seed recipe"
         print(
-            f"seed baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
-            f"{b.epochs} epochs, batch {b.batch_size}",
+            f"{what} on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+            f"{b.epochs} epochs, batch {b.batch_size}"
+            + (f" (changed: {describe_changes(spec.baseline_changes)})" if spec.baseline_changes else ""),
             flush=True,
         )
-    record = run_baseline(spec, url, args.quiet, seeds=args.seeds)
-    seeds = format_seeds(record["val_mae_per_seed"])
+    record = run_baseline(spec, url, args.quiet, seeds=args.seeds, argv=argv)
+    sd = f", SD {record['val_mae_sd']:.2f}" if record["val_mae_sd"] is not None else ""
     print(
-        f"baseline val MAE {record['val_mae_months']:.2f} months (seeds: {seeds}; {record['wall_time_s']:.0f} s); "
+        f"seed recipe val MAE {record['val_mae_months']:.2f} months, mean of {args.seeds} seed(s) "
+        f"({format_seeds(record['val_mae_per_seed'])}{sd}; {record['wall_time_s']:.0f} s); "
         f"mean predictor {record['mean_predictor_val_mae_months']:.2f} months; recorded in {redact(url)}"
     )
     return 0
 
 
-def retrain(args: argparse.Namespace, argv: list[str]) -> int:
-    from search.retrain import retrain as run_retrain
-    from search.runner import load_study
-    from search.specs import apply_overrides
+def _is_recipe_override(item: str) -> bool:
+    return item.partition("=")[0].strip().startswith(("train.", "baseline."))
 
-    spec, url = _spec_and_url(args)
-    train_overrides = apply_overrides({}, [o for o in args.overrides if o.startswith("train.")]).get("train", {})
-    study = load_study(spec, url, heartbeat=False)
-    out = run_retrain(spec, study, seeds=args.seeds, tta=args.tta, train_overrides=train_overrides, quiet=args.quiet)
-    for name, r in out["recipes"].items():
-        sd = f" +- {r['mae_sd']:.2f} (SD over {out['seeds']} seeds)" if out["seeds"] > 1 else ""
-        tta = f"; with flip TTA {r['tta_flip_mae_mean']:.2f}" if "tta_flip_mae_mean" in r else ""
-        print(
-            f"{name}: test MAE {r['mae_mean']:.2f} months{sd}, 95% CI {r['mae_ci_low']:.2f} to "
-            f"{r['mae_ci_high']:.2f}{tta}"
-        )
-    d = out["best_minus_baseline"]
-    print(
-        f"best - baseline: {d['mae_diff_months']:+.2f} months (95% CI {d['ci_low']:+.2f} to {d['ci_high']:+.2f}) "
-        f"on the same {out['n_test']} test images; written to results/{spec.name}/"
+
+def retrain(args: argparse.Namespace, argv: list[str]) -> int:
+    """--set train.* and --set baseline.* are deliberate changes for this retrain (to the best recipe
+    and to the seed recipe), recorded and shown; every other setting must match the study's."""
+    from search.record import check_settings, device_description, provenance, record_command, study_settings
+    from search.report import retrain_lines
+    from search.retrain import retrain as run_retrain
+    from search.runner import StudyData
+    from search.specs import apply_overrides
+    from search.storage import load_existing_study
+
+    deliberate = [o for o in args.overrides if _is_recipe_override(o)]
+    spec = load_spec(args.study, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
+    url = args.storage or default_storage_url(spec.name)
+    changes = apply_overrides({}, deliberate)
+    study = load_existing_study(spec.name, url)
+    data = StudyData(spec, args.quiet, splits=("train", "val", "test"))
+    check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
+    entry = provenance(argv, device_description(spec.train.device), data.fingerprint())
+    record_command(study, entry)
+    out = run_retrain(
+        spec,
+        study,
+        seeds=args.seeds,
+        tta=args.tta,
+        train_overrides=changes.get("train", {}),
+        baseline_overrides=changes.get("baseline", {}),
+        quiet=args.quiet,
+        data=data,
+        command=entry,
     )
+    study.set_user_attr(
+        "retrain",
+        {k: v for k, v in out.items() if k != "recipes"}
+        | {"recipes": {n: {"mae": r["mae"], "config": r["config"]} for n, r in out["recipes"].items()}},
+    )
+    print("\n".join(retrain_lines(out)))
+    print(f"written to results/{spec.name}/")
     return 0
 
 
 def report(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.record import check_settings, study_settings
     from search.report import write_report
-    from search.runner import load_study
+    from search.storage import load_existing_study
 
     spec, url = _spec_and_url(args)
+    study = load_existing_study(spec.name, url)
+    check_settings(study, study_settings(spec, None), store=False)
     try:
-        out = write_report(load_study(spec, url, heartbeat=False))
+        out = write_report(study, argv=argv)
     except OSError as exc:
         raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
     print(f"report written to {out}/ (open {out}/index.html)")
@@ -119,10 +147,10 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def status(args: argparse.Namespace, argv: list[str]) -> int:
     from search.report import status_text
-    from search.runner import load_study
+    from search.storage import load_existing_study
 
     spec, url = _spec_and_url(args)
-    print(status_text(load_study(spec, url, heartbeat=False)))
+    print(status_text(load_existing_study(spec.name, url)))
     return 0
 
 

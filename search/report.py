@@ -1,53 +1,181 @@
-"""Views of a study: the status text, and results/<study>/ with tables and plotly figures.
+"""Views of a study: the status text, the retrain lines, and results/<study>/ with tables and figures.
 
-Figures are HTML sharing one plotly.min.js beside them (4.8 MB embedded in each would be wasteful), so
-index.html opens offline. PNG copies are written when kaleido and a Chromium are available.
+Every comparison of the tuned recipe with the seed recipe is stated from seed-aware numbers (see
+boneage_core.metrics): "better" only where the CI over seeds and test images excludes zero, otherwise
+"no significant difference". Figures are HTML sharing one plotly.min.js beside them (4.8 MB embedded
+in each would be wasteful), so index.html opens offline; PNG copies are written when kaleido and a
+Chromium are available.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
+from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
+from search.record import command_line, describe_changes, recorded_commands
+
+NAMES = {"best": "best", "baseline": "seed recipe"}
+COLOURS = {"best": "#0072B2", "baseline": "#E69F00"}  # Okabe-Ito blue and orange: safe for colour-blind readers
+GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
+    ("mae_male_months", "male", "male"),
+    ("mae_female_months", "female", "female"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# words from numbers
+
+
+def format_seeds(per_seed: list[float]) -> str:
+    """'10.41, 13.56, 11.77': one value per seed, as every view prints them."""
+    return ", ".join(f"{v:.2f}" for v in per_seed)
+
+
+def _pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def verdict_sentence(d: dict[str, Any], what: str = "the best recipe") -> str:
+    """The paired comparison in one sentence whose words follow its CI."""
+    numbers = (
+        f"{d['mae_diff_months']:+.2f} months (95% CI {d['ci_low']:+.2f} to {d['ci_high']:+.2f}; "
+        f"not better in {100 * d['p_a_not_better']:.1f}% of resamples)"
+    )
+    v = d["verdict"]
+    if v == "better":
+        return f"{what} is better than the seed recipe: {numbers}"
+    if v == "worse":
+        return f"{what} is worse than the seed recipe: {numbers}"
+    if v == "undetermined":
+        return (
+            f"{what} minus the seed recipe: {numbers}; no verdict with one seed per recipe, since the CI "
+            "cannot see the seed-to-seed spread (retrain with --seeds 3)"
+        )
+    return f"no significant difference between {what} and the seed recipe: {numbers}"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def val_comparison(best: float, seed_mae: list[float]) -> str:
+    """The best trial against the seed recipe on val: the sign said in words, and where the best lies
+    in the seed recipe's own spread (one trial is one seed, so this is no verdict)."""
+    mean = float(np.mean(seed_mae))
+    pct = 100 * (best / mean - 1)
+    words = f"{abs(pct):.1f}% {'lower' if pct < 0 else 'higher'} than the seed recipe's mean"
+    if len(seed_mae) < 2:
+        return words + " (one seed of the seed recipe: its spread is unknown)"
+    lo, hi = min(seed_mae), max(seed_mae)
+    if best < lo:
+        where = f"below all {len(seed_mae)} of its seeds ({lo:.2f} to {hi:.2f})"
+    elif best > hi:
+        where = f"above all {len(seed_mae)} of its seeds ({lo:.2f} to {hi:.2f})"
+    else:
+        where = f"inside the range of its {len(seed_mae)} seeds ({lo:.2f} to {hi:.2f})"
+    return f"{words}, {where}"
+
+
+def recipe_line(name: str, r: dict[str, Any], seeds: int) -> str:
+    m = r["mae"]
+    spread = f", SD {m['sd']:.2f} over {seeds} seeds ({format_seeds(r['mae_per_seed'])})" if seeds > 1 else ""
+    ci = "seeds and images" if seeds > 1 else "images only"
+    return (
+        f"{NAMES[name]}: test MAE {m['mean']:.2f} months{spread}; 95% CI {m['ci_low']:.2f} to {m['ci_high']:.2f} ({ci})"
+    )
+
+
+def retrain_lines(out: dict[str, Any]) -> list[str]:
+    """What retrain prints: each recipe, the seed recipe as the seed evaluated it, the verdict."""
+    lines = [recipe_line(n, r, out["seeds"]) for n, r in out["recipes"].items()]
+    base = out["recipes"]["baseline"]
+    if "without_bn_reestimation" in base:
+        lines.append(
+            f"seed recipe evaluated as the seed project did (no batch-norm re-estimation): "
+            f"{base['without_bn_reestimation']['mae']['mean']:.2f} months"
+        )
+    if out.get("seed_recipe_modified"):
+        lines.append(f"modified seed recipe: {describe_changes(out['seed_recipe_modified'])}")
+    if out.get("overrides", {}).get("best"):
+        lines.append(f"best recipe changed for this retrain: {describe_changes(out['overrides']['best'])}")
+    lines.append(_capital(verdict_sentence(out["best_minus_baseline"])) + f", on the same {out['n_test']} test images")
+    if "best_minus_baseline_tta_flip" in out:
+        lines.append("With flip TTA: " + verdict_sentence(out["best_minus_baseline_tta_flip"]))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# status
 
 
 def status_text(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    target = study.user_attrs.get("target_trials")
     lines = [
-        f"study {study.study_name}: {len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in by_state.items() if n)
+        f"study {study.study_name}: {len(trials)} trials: "
+        + (", ".join(f"{n} {s}" for s, n in by_state.items() if n) or "none yet")
+        + (f" (target {target} finished, from the last run)" if target else "")
     ]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         best = study.best_trial
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        lines.append(f"best: trial {best.number}, val MAE {best.value:.2f} months ({params})")
+        lines.append(f"best: trial {best.number}, val MAE {best.value:.2f} months, one seed ({params})")
     else:
         lines.append("best: no completed trial yet")
-    base = study.user_attrs.get("baseline")
-    if base:
-        per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
+    lines += _baseline_status(study.user_attrs.get("baseline"), study.best_value if done else None)
+    retrained = study.user_attrs.get("retrain")
+    if retrained:
+        r, d = retrained["recipes"], retrained["best_minus_baseline"]
         lines.append(
-            f"baseline (seed recipe): val MAE {base['val_mae_months']:.2f} months "
-            f"(mean of {len(per_seed)} seed(s): {format_seeds(per_seed)})"
+            f"final test ({retrained['seeds']} seeds, {retrained['n_test']} images): best "
+            f"{_pm(r['best']['mae']['mean'], r['best']['mae']['sd'])}, seed recipe "
+            f"{_pm(r['baseline']['mae']['mean'], r['baseline']['mae']['sd'])} months; {verdict_sentence(d)}"
         )
-        if "mean_predictor_val_mae_months" in base:
-            lines.append(f"mean predictor: val MAE {base['mean_predictor_val_mae_months']:.2f} months")
-        if done:
-            lines.append(f"best vs baseline: {100 * (1 - study.best_value / base['val_mae_months']):.1f}% lower MAE")
     else:
-        lines.append("baseline: not run yet (python -m search baseline)")
+        lines.append("final test: not run yet (python -m search retrain)")
     spent = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials)
     epochs = sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
     lines.append(f"time spent training: {spent / 60:.1f} min over {epochs} epochs")
     return "\n".join(lines)
+
+
+def _baseline_status(base: dict[str, Any] | None, best_value: float | None) -> list[str]:
+    if not base:
+        return ["seed recipe: not run yet (python -m search baseline)"]
+    per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
+    what = "modified seed recipe" if base.get("modified") else "seed recipe"
+    sd = f"; SD {base['val_mae_sd']:.2f}" if base.get("val_mae_sd") is not None else ""
+    lines = [
+        f"{what}: val MAE {base['val_mae_months']:.2f} months, mean of {len(per_seed)} seed(s) "
+        f"({format_seeds(per_seed)}{sd})"
+    ]
+    if base.get("modified"):
+        lines.append(f"  changed from the study file: {describe_changes(base['modified'])}")
+    if "mean_predictor_val_mae_months" in base:
+        lines.append(f"mean predictor: val MAE {base['mean_predictor_val_mae_months']:.2f} months")
+    if best_value is not None:
+        lines.append(f"best vs seed recipe (val): {val_comparison(best_value, per_seed)}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# results/<study>/
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -75,13 +203,16 @@ def _study_figures(study: optuna.Study) -> dict[str, Any]:
     if not complete:
         return figs
     history = vis.plot_optimization_history(study, target_name="val MAE (months)")
+    history.update_yaxes(type="log", title="val MAE (months, log scale)")  # one diverged trial flattens the rest
     base = study.user_attrs.get("baseline")
     if base:
+        per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
+        history.add_hrect(y0=min(per_seed), y1=max(per_seed), fillcolor=COLOURS["baseline"], opacity=0.15, line_width=0)
         history.add_hline(
             y=base["val_mae_months"],
             line_dash="dash",
-            line_color="firebrick",
-            annotation_text=f"seed baseline {base['val_mae_months']:.1f}",
+            line_color=COLOURS["baseline"],
+            annotation_text=f"seed recipe {base['val_mae_months']:.1f}: mean of {len(per_seed)} seeds, band: range",
         )
     figs["optimization_history"] = history
     figs["intermediate_values"] = vis.plot_intermediate_values(study)
@@ -92,71 +223,105 @@ def _study_figures(study: optuna.Study) -> dict[str, Any]:
     return figs
 
 
+def _read_predictions(out_dir: Path, retrained: dict[str, Any]) -> dict[str, np.ndarray]:
+    """{recipe: (seeds, images) predictions} and the labels, from the CSVs retrain wrote."""
+    preds: dict[str, Any] = {}
+    for name in retrained.get("recipes", {}):
+        frames = [out_dir / f"predictions_{name}_seed{k}.csv" for k in range(retrained["seeds"])]
+        if not all(f.is_file() for f in frames):
+            return {}
+        tables = [pd.read_csv(f) for f in frames]
+        preds[name] = np.array([t.pred_months.to_numpy() for t in tables])
+        preds["_labels"] = tables[0]
+    return preds
+
+
 def _test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
     import plotly.graph_objects as go
 
-    figs: dict[str, Any] = {}
-    preds = {
-        n: pd.read_csv(out_dir / f"predictions_{n}_seed0.csv")
-        for n in ("best", "baseline")
-        if (out_dir / f"predictions_{n}_seed0.csv").is_file()
-    }
+    preds = _read_predictions(out_dir, retrained)
     if not preds:
-        return figs
-    colours = {"best": "seagreen", "baseline": "firebrick"}
-    scatter = go.Figure()
-    bland = go.Figure()
-    for name, df in preds.items():
-        scatter.add_scatter(x=df.age_months, y=df.pred_months, mode="markers", name=name, marker_color=colours[name])
-        mean, diff = (df.pred_months + df.age_months) / 2, df.pred_months - df.age_months
-        bland.add_scatter(x=mean, y=diff, mode="markers", name=name, marker_color=colours[name])
-        for y, dash in (
-            (diff.mean(), "solid"),
-            (diff.mean() + 1.96 * diff.std(), "dot"),
-            (diff.mean() - 1.96 * diff.std(), "dot"),
+        return {}
+    labels, seeds = preds.pop("_labels"), retrained["seeds"]
+    true = labels.age_months.to_numpy()
+    which = f"seed-averaged prediction of {seeds} seeds" if seeds > 1 else "one seed"
+    scatter, bland = go.Figure(), go.Figure()
+    for name, p in preds.items():
+        pred = p.mean(axis=0)
+        scatter.add_scatter(x=true, y=pred, mode="markers", name=NAMES[name], marker_color=COLOURS[name])
+        mean, diff = (pred + true) / 2, pred - true
+        bland.add_scatter(x=mean, y=diff, mode="markers", name=NAMES[name], marker_color=COLOURS[name])
+        bias, half = diff.mean(), 1.96 * diff.std(ddof=1)
+        for y, dash, text in (
+            (bias, "solid", "bias"),
+            (bias + half, "dot", "+1.96 SD"),
+            (bias - half, "dot", "-1.96 SD"),
         ):
-            bland.add_hline(y=y, line_dash=dash, line_color=colours[name])
-    hi = float(max(df.age_months.max() for df in preds.values())) * 1.05
+            bland.add_hline(
+                y=y, line_dash=dash, line_color=COLOURS[name], annotation_text=f"{NAMES[name]} {text} {y:+.1f}"
+            )
+    hi = float(true.max()) * 1.05
     scatter.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="identity", line=dict(color="gray", dash="dash"))
     scatter.update_layout(
-        title="Predicted vs true bone age (test, seed 0)", xaxis_title="true (months)", yaxis_title="predicted (months)"
+        title=f"Predicted vs true bone age (test, {which})",
+        xaxis_title="true (months)",
+        yaxis_title="predicted (months)",
     )
     bland.update_layout(
-        title="Bland-Altman (test, seed 0): bias and 95% limits of agreement",
+        title=f"Bland-Altman (test, {which}): bias and 95% limits of agreement",
         xaxis_title="mean of predicted and true (months)",
         yaxis_title="predicted - true (months)",
     )
-    figs["predicted_vs_true"], figs["bland_altman"] = scatter, bland
-
-    groups = [f"{lo}-{hi} mo" for lo, hi in AGE_BRACKETS_MONTHS] + ["male", "female"]
-    bars = go.Figure()
-    for name, df in preds.items():
-        err = (df.pred_months - df.age_months).abs()
-        vals = [err[(df.age_months >= lo) & (df.age_months < hi)].mean() for lo, hi in AGE_BRACKETS_MONTHS]
-        vals += [err[df.male].mean(), err[~df.male].mean()]
-        bars.add_bar(x=groups, y=vals, name=name, marker_color=colours[name])
-    bars.update_layout(title="Test MAE by age bracket and sex (seed 0)", yaxis_title="MAE (months)", barmode="group")
-    figs["mae_by_group"] = bars
-
-    recipes = retrained.get("recipes", {})
-    if recipes:
-        names = list(recipes)
-        ci = go.Figure(
-            go.Bar(
-                x=names,
-                y=[recipes[n]["mae_mean"] for n in names],
-                marker_color=[colours.get(n, "gray") for n in names],
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[recipes[n]["mae_ci_high"] - recipes[n]["mae_mean"] for n in names],
-                    arrayminus=[recipes[n]["mae_mean"] - recipes[n]["mae_ci_low"] for n in names],
-                ),
-            )
-        )
-        ci.update_layout(title="Test MAE with 95% bootstrap CI: baseline vs best", yaxis_title="MAE (months)")
-        figs["baseline_vs_best"] = ci
+    figs = {"predicted_vs_true": scatter, "bland_altman": bland, "mae_by_group": _group_figure(retrained)}
+    figs["baseline_vs_best"] = _ci_figure(retrained)
     return figs
+
+
+def _group_figure(retrained: dict[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    n = retrained["group_n"]
+    x = [f"{label} (n={n[key]})" for _, key, label in GROUPS]
+    bars = go.Figure()
+    for name, r in retrained["recipes"].items():
+        bars.add_bar(
+            x=x,
+            y=[r["metrics_mean"][metric] for metric, _, _ in GROUPS],
+            error_y=dict(type="data", array=[r["metrics_sd"][metric] or 0 for metric, _, _ in GROUPS]),
+            name=NAMES[name],
+            marker_color=COLOURS[name],
+        )
+    bars.update_layout(
+        title=f"Test MAE by age bracket and sex: mean over {retrained['seeds']} seeds, bars ± SD over seeds",
+        yaxis_title="MAE (months)",
+        barmode="group",
+    )
+    return bars
+
+
+def _ci_figure(retrained: dict[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    r = retrained["recipes"]
+    names = list(r)
+    fig = go.Figure(
+        go.Bar(
+            x=[NAMES[n] for n in names],
+            y=[r[n]["mae"]["mean"] for n in names],
+            marker_color=[COLOURS[n] for n in names],
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=[r[n]["mae"]["ci_high"] - r[n]["mae"]["mean"] for n in names],
+                arrayminus=[r[n]["mae"]["mean"] - r[n]["mae"]["ci_low"] for n in names],
+            ),
+        )
+    )
+    fig.update_layout(
+        title=f"Test MAE, mean of {retrained['seeds']} seeds, 95% CI over seeds and test images",
+        yaxis_title="MAE (months)",
+    )
+    return fig
 
 
 def _png_renderer() -> str | None:
@@ -168,12 +333,35 @@ def _png_renderer() -> str | None:
     return None
 
 
-def write_report(study: optuna.Study, results_dir: Path = Path("results")) -> Path:
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_retrain(out_dir: Path, study: optuna.Study) -> tuple[dict[str, Any], str | None]:
+    """results/<study>/retrain.json when it belongs to this study's data, with a note when it was left out."""
+    path = out_dir / "retrain.json"
+    if not path.is_file():
+        return {}, None
+    try:
+        retrained = json.loads(path.read_text())
+    except (OSError, ValueError):
+        retrained = None
+    seed_aware = isinstance(retrained, dict) and "group_n" in retrained and "best_minus_baseline" in retrained
+    if not seed_aware:
+        return {}, f"{path} is unreadable or from an older version: rerun `python -m search retrain`"
+    stored = study.user_attrs.get("settings", {}).get("data_fingerprint")
+    if stored and retrained.get("data_fingerprint") != stored:
+        return {}, f"{path} was made on other data than this study's: rerun `python -m search retrain`"
+    return retrained, None
+
+
+def write_report(study: optuna.Study, results_dir: Path = Path("results"), argv: list[str] | None = None) -> Path:
     out_dir = results_dir / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials_frame(study).to_csv(out_dir / "trials.csv", index=False)
-    retrain_path = out_dir / "retrain.json"
-    retrained = json.loads(retrain_path.read_text()) if retrain_path.is_file() else {}
+    _write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
+    retrained, retrain_note = read_retrain(out_dir, study)
     figs = {**_study_figures(study), **_test_figures(out_dir, retrained)}
     png_missing = _png_renderer()
     for name, fig in figs.items():
@@ -184,56 +372,64 @@ def write_report(study: optuna.Study, results_dir: Path = Path("results")) -> Pa
             except Exception as exc:  # kaleido without a Chromium
                 png_missing = f"PNG export failed ({type(exc).__name__}); install a Chromium for kaleido"
     links = "\n".join(f'<li><a href="{n}.html">{n.replace("_", " ")}</a></li>' for n in figs)
-    (out_dir / "index.html").write_text(
+    _write_atomic(
+        out_dir / "index.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
         f"<h1>Study {study.study_name}</h1><p><a href='summary.md'>summary.md</a> · "
-        f"<a href='trials.csv'>trials.csv</a></p><ul>{links}</ul></body></html>\n"
+        f"<a href='trials.csv'>trials.csv</a></p><ul>{links}</ul></body></html>\n",
     )
-    summary = summary_dict(study, retrained, png_missing)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    (out_dir / "summary.md").write_text(summary_markdown(summary, list(figs), png_missing))
+    summary = summary_dict(study, retrained, png_missing, argv)
+    if retrain_note:
+        summary["retrain_note"] = retrain_note
+    _write_atomic(out_dir / "summary.json", json.dumps(_finite(summary), indent=2, default=str))
+    _write_atomic(out_dir / "summary.md", summary_markdown(summary, list(figs), png_missing))
     return out_dir
 
 
-def _json_default(x: Any) -> Any:
-    return None if isinstance(x, float) and math.isnan(x) else str(x)
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
-def summary_dict(study: optuna.Study, retrained: dict[str, Any], png_missing: str | None) -> dict[str, Any]:
+def summary_dict(
+    study: optuna.Study, retrained: dict[str, Any], png_missing: str | None, argv: list[str] | None = None
+) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    settings = study.user_attrs.get("settings", {})
     out: dict[str, Any] = {
         "study": study.study_name,
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        "target_trials": study.user_attrs.get("target_trials"),
         "epochs_trained": sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials),
         "search_wall_time_s": round(sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials), 1),
-        "baseline_val": study.user_attrs.get("baseline", {}).get("val_mae_months"),
-        "baseline_val_per_seed": study.user_attrs.get("baseline", {}).get("val_mae_per_seed"),
-        "mean_predictor_val": study.user_attrs.get("baseline", {}).get("mean_predictor_val_mae_months"),
-        "baseline_wall_s": study.user_attrs.get("baseline", {}).get("wall_time_s"),
+        "baseline": study.user_attrs.get("baseline"),
+        "noise_floor_val_mae_months": NOISE_FLOOR_MAE_MONTHS
+        if settings.get("data", {}).get("source") == "phantom"
+        else None,
+        "settings": settings,
+        "commands": recorded_commands(study),
+        "report_command": command_line(argv) if argv is not None else None,
         "png": "written" if png_missing is None else f"not written: {png_missing}",
     }
+    if out["baseline"]:
+        out["baseline"] = {k: v for k, v in out["baseline"].items() if k != "histories"}
     if complete:
         out["best"] = {
             "trial": study.best_trial.number,
             "val_mae_months": study.best_value,
             "params": study.best_trial.params,
         }
+        if out["baseline"]:
+            out["best"]["vs_seed_recipe_val"] = val_comparison(study.best_value, out["baseline"]["val_mae_per_seed"])
     if retrained:
         out["test"] = retrained
     return out
-
-
-def format_seeds(per_seed: list[float]) -> str:
-    """'10.41, 13.56, 11.77': the baseline's val MAE of each seed, as every view prints them."""
-    return ", ".join(f"{v:.2f}" for v in per_seed)
-
-
-def _seeds_note(per_seed: list[float] | None) -> str:
-    """' (mean of 3 seeds: 10.41, 13.56, 11.77)' for a baseline trained with several seeds."""
-    if not per_seed or len(per_seed) < 2:
-        return ""
-    return f" (mean of {len(per_seed)} seeds: {format_seeds(per_seed)})"
 
 
 def _fmt(x: float | None) -> str:
@@ -242,85 +438,199 @@ def _fmt(x: float | None) -> str:
 
 def summary_markdown(s: dict[str, Any], figures: list[str], png_missing: str | None) -> str:
     t = s["trials"]
-    lines = [
-        f"# Study {s['study']}",
-        "",
-        f"Trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed; "
+    target = f" (target {s['target_trials']})" if s.get("target_trials") else ""
+    lines = [f"# Study {s['study']}", ""]
+    if "test" in s:
+        lines += [
+            f"**Verdict** (final test, {s['test']['seeds']} seeds per recipe): "
+            f"{verdict_sentence(s['test']['best_minus_baseline'])}.",
+            "",
+        ]
+    elif s.get("retrain_note"):
+        lines += [f"No final test: {s['retrain_note']}.", ""]
+    else:
+        lines += ["No final test yet: `python -m search retrain` gives the verdict.", ""]
+    lines += [
+        f"Trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed{target}; "
         f"{s['epochs_trained']} epochs trained in {s['search_wall_time_s'] / 60:.1f} min.",
         "",
     ]
+    lines += _val_section(s) + (_test_section(s["test"]) if "test" in s else [])
+    lines += _settings_section(s) + _provenance_section(s) + _figures_section(figures, png_missing)
+    return "\n".join(lines) + "\n"
+
+
+def _val_section(s: dict[str, Any]) -> list[str]:
+    base = s.get("baseline")
+    if "best" not in s and not base:
+        return []
+    lines = ["## Search (validation split)", "", "| | val MAE (months) |", "|---|---|"]
+    if base:
+        per_seed = base["val_mae_per_seed"]
+        what = "modified seed recipe" if base.get("modified") else "seed recipe"
+        lines += [
+            f"| mean predictor (training mean for everyone) | {_fmt(base.get('mean_predictor_val_mae_months'))} |"
+        ]
+        lines += [f"| {what}, seed {k} | {v:.2f} |" for k, v in enumerate(per_seed)]
+        lines += [
+            f"| {what}, mean ± SD over {len(per_seed)} seeds | {_pm(base['val_mae_months'], base.get('val_mae_sd'))} |"
+        ]
+    if "best" in s:
+        lines += [f"| best trial ({s['best']['trial']}), one seed | {_fmt(s['best']['val_mae_months'])} |"]
+    if s.get("noise_floor_val_mae_months"):
+        lines += [f"| label noise floor (phantom: no model can expect less) | {s['noise_floor_val_mae_months']:.2f} |"]
+    lines.append("")
     if "best" in s:
         params = ", ".join(
             f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in s["best"]["params"].items()
         )
-        lines += [
-            "## Search (validation split)",
-            "",
-            "| | val MAE (months) |",
-            "|---|---|",
-            f"| mean predictor | {_fmt(s['mean_predictor_val'])} |",
-            f"| seed baseline{_seeds_note(s.get('baseline_val_per_seed'))} | {_fmt(s['baseline_val'])} |",
-            f"| best trial ({s['best']['trial']}) | {_fmt(s['best']['val_mae_months'])} |",
-            "",
-            f"Best parameters: {params}.",
-            "",
-        ]
-    if "test" in s:
-        r, d = s["test"]["recipes"], s["test"]["best_minus_baseline"]
-        lines += [
-            "## Final test (retrained on train+val)",
-            "",
-            f"{s['test']['n_test']} test images, {s['test']['seeds']} seed(s) per recipe; the 95% CI is a "
-            "bootstrap over test images.",
-            "",
-            "| recipe | test MAE (months) | 95% CI | SD over seeds | RMSE | bias | within 6 / 12 mo |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, e in r.items():
-            m = e["metrics_seed0"]
-            lines.append(
-                f"| {name} | {e['mae_mean']:.2f} | {e['mae_ci_low']:.2f} to {e['mae_ci_high']:.2f} | "
-                f"{e['mae_sd']:.2f} | {m['rmse_months']:.2f} | {m['bias_months']:+.2f} | "
-                f"{m['within_6_months_pct']:.0f}% / {m['within_12_months_pct']:.0f}% |"
-            )
-        lines += [
-            "",
-            f"Best minus baseline, paired on the same images: {d['mae_diff_months']:+.2f} months "
-            f"(95% CI {d['ci_low']:+.2f} to {d['ci_high']:+.2f}).",
-            "",
-        ]
-        if any("tta_flip_mae_mean" in e for e in r.values()):
+        lines += [f"Best parameters: {params}.", ""]
+        if "vs_seed_recipe_val" in s["best"]:
             lines += [
-                "With test-time flip averaging: "
-                + ", ".join(f"{n} {e['tta_flip_mae_mean']:.2f}" for n, e in r.items() if "tta_flip_mae_mean" in e)
-                + " months.",
+                f"On val the best trial is {s['best']['vs_seed_recipe_val']}. A trial is one seed picked as the "
+                "lowest of many, so val says where to look, not whether the recipe is better: the final test "
+                "below does.",
                 "",
             ]
+    if base and base.get("modified"):
+        lines += [f"Modified seed recipe: {describe_changes(base['modified'])} (from the study file's [baseline]).", ""]
+    return lines
+
+
+def _test_section(r: dict[str, Any]) -> list[str]:
+    seeds, n = r["seeds"], r["n_test"]
+    lines = [
+        "## Final test (retrained on train+val)",
+        "",
+        f"{n} test images, {seeds} seed(s) per recipe, both recipes trained on the same {r['n_trainval']} "
+        "images and scored on the same test images. Every column is the mean over seeds ± the SD over "
+        "seeds; the MAE's 95% CI is a two-stage bootstrap (seeds, then test images). Evaluation, the same "
+        "for both recipes: batch-norm statistics re-estimated on un-augmented training images, no "
+        "test-time augmentation.",
+        "",
+        "| recipe | MAE (months) | 95% CI | MAE per seed | RMSE | bias | R² | within 6 / 12 mo (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in r["recipes"].items():
+        m, sd = e["metrics_mean"], e["metrics_sd"]
+        label = f"best (trial {r['best_trial']})" if name == "best" else NAMES[name]
+        lines.append(
+            f"| {label} | {_pm(e['mae']['mean'], e['mae']['sd'])} | {e['mae']['ci_low']:.2f} to "
+            f"{e['mae']['ci_high']:.2f} | {format_seeds(e['mae_per_seed'])} | "
+            f"{_pm(m['rmse_months'], sd['rmse_months'])} | "
+            f"{_pm(m['bias_months'], sd['bias_months'])} | {_pm(m['r2'], sd['r2'], 3)} | "
+            f"{_pm(m['within_6_months_pct'], sd['within_6_months_pct'], 0)} / "
+            f"{_pm(m['within_12_months_pct'], sd['within_12_months_pct'], 0)} |"
+        )
+    d = r["best_minus_baseline"]
     lines += [
+        "",
+        f"Best minus seed recipe, paired on the same images with each recipe's seeds resampled: {verdict_sentence(d)}.",
+        "",
+    ]
+    ens, e = d["ensembles"], {k: v["ensemble"] for k, v in r["recipes"].items()}
+    if seeds > 1:
+        lines += [
+            f"Seed ensembles (each recipe's {seeds} seed predictions averaged into one model, a different model "
+            f"from any single seed): best {e['best']['mae_months']:.2f}, seed recipe {e['baseline']['mae_months']:.2f} "
+            f"months; difference {ens['mae_diff_months']:+.2f} (95% CI over images {ens['ci_low']:+.2f} to "
+            f"{ens['ci_high']:+.2f}).",
+            "",
+        ]
+    if "best_minus_baseline_tta_flip" in r:
+        tta = {k: v["tta_flip"]["mae"] for k, v in r["recipes"].items()}
+        lines += [
+            f"With test-time flip averaging (both recipes): best {_pm(tta['best']['mean'], tta['best']['sd'])}, "
+            f"seed recipe {_pm(tta['baseline']['mean'], tta['baseline']['sd'])} months; "
+            f"{verdict_sentence(r['best_minus_baseline_tta_flip'])}.",
+            "",
+        ]
+    raw = r["recipes"]["baseline"].get("without_bn_reestimation")
+    if raw:
+        lines += [
+            f"The seed recipe evaluated as the seed project did (batch-norm statistics from training, not "
+            f"re-estimated): {_pm(raw['mae']['mean'], raw['mae']['sd'])} months, against "
+            f"{_pm(r['recipes']['baseline']['mae']['mean'], r['recipes']['baseline']['mae']['sd'])} with this "
+            "project's protocol.",
+            "",
+        ]
+    if r.get("seed_recipe_modified"):
+        lines += [f"**Modified seed recipe**: {describe_changes(r['seed_recipe_modified'])}.", ""]
+    if r.get("overrides", {}).get("best"):
+        lines += [f"Best recipe changed for this retrain: {describe_changes(r['overrides']['best'])}.", ""]
+    return lines + _group_table(r)
+
+
+def _group_table(r: dict[str, Any]) -> list[str]:
+    names = list(r["recipes"])
+    lines = [
+        f"MAE by group (months, mean ± SD over {r['seeds']} seeds; n = test images in the group):",
+        "",
+        "| group | n | " + " | ".join(NAMES[n] for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for metric, key, label in GROUPS:
+        cells = [_pm(r["recipes"][n]["metrics_mean"][metric], r["recipes"][n]["metrics_sd"][metric]) for n in names]
+        lines.append(f"| {label} | {r['group_n'][key]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _settings_section(s: dict[str, Any]) -> list[str]:
+    settings = s.get("settings")
+    if not settings:
+        return []
+    data = ", ".join(f"{k} {v}" for k, v in settings["data"].items())
+    return [
+        "## Settings (fixed when the study was created)",
+        "",
+        f"- data: {data}; fingerprint {settings.get('data_fingerprint')}",
+        f"- fixed training fields: {_fields(settings['train'])}",
+        f"- seed recipe: {_fields(settings['baseline'])}",
+        f"- searched: {', '.join(settings['space']) or 'nothing'}",
+        "",
+    ]
+
+
+def _fields(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+
+
+def _provenance_section(s: dict[str, Any]) -> list[str]:
+    commands = s.get("commands") or []
+    lines = [
         "## How this was produced",
         "",
+        "The commands recorded in the study, as typed, then this report's:",
+        "",
         "```",
-        f"python -m search run --study {s['study']} --trials {t['complete'] + t['pruned']}",
-        f"python -m search baseline --study {s['study']}",
     ]
-    if "test" in s:
-        tta = any("tta_flip_mae_mean" in e for e in s["test"]["recipes"].values())
-        lines.append(
-            f"python -m search retrain --study {s['study']} --seeds {s['test']['seeds']}" + (" --tta" if tta else "")
-        )
-    lines += [f"python -m search report --study {s['study']}", "```", ""]
+    lines += [c["command"] for c in commands]
+    if s.get("report_command"):
+        lines.append(s["report_command"])
+    lines += ["```", ""]
+    if commands:
+        last = commands[-1]
+        lines += [
+            f"Last command {last['started_utc']}: boneage-search {last.get('boneage_search')} "
+            f"(commit {last.get('git_commit') or 'unknown'}), Python {last['python']}, torch {last['torch']}, "
+            f"optuna {last['optuna']}, on {last['device']}.",
+            "",
+        ]
     times = [f"training inside trials {s['search_wall_time_s'] / 60:.1f} min"]
-    if s.get("baseline_wall_s"):
-        times.append(f"baseline {s['baseline_wall_s']:.0f} s")
+    if s.get("baseline"):
+        times.append(f"seed recipe on val {s['baseline']['wall_time_s']:.0f} s")
     if "test" in s:
-        times += [f"retrain {n} {e['wall_time_s']:.0f} s" for n, e in s["test"]["recipes"].items()]
-    lines += ["Wall times: " + ", ".join(times) + ".", ""]
-    lines += ["## Figures", "", "Interactive versions: `index.html` (HTML pages sharing `plotly.min.js`, offline).", ""]
+        times += [f"retrain {NAMES[n]} {e['wall_time_s']:.0f} s" for n, e in s["test"]["recipes"].items()]
+    return lines + ["Wall times: " + ", ".join(times) + ".", ""]
+
+
+def _figures_section(figures: list[str], png_missing: str | None) -> list[str]:
+    lines = ["## Figures", "", "Interactive versions: `index.html` (HTML pages sharing `plotly.min.js`, offline).", ""]
     for f in figures:
         title = f.replace("_", " ")
         lines.append(f"![{title}]({f}.png)" if png_missing is None else f"- [{title}]({f}.html)")
-    lines += [
+    return [
+        *lines,
         "",
         "PNG copies: " + ("written beside the HTML." if png_missing is None else f"not written: {png_missing}."),
     ]
-    return "\n".join(lines) + "\n"

@@ -20,9 +20,9 @@ from boneage_core import BoneAgeError
 from boneage_core.dataset import Prepared, prepare
 from boneage_core.train import Split
 from search.objective import TRIAL_FAILURES, BudgetReached, make_objective
-from search.space import space_signature
-from search.specs import StudySpec, spec_summary
-from search.storage import check_space_matches, open_storage, redact
+from search.record import check_settings, device_description, provenance, record_command, study_settings
+from search.specs import StudySpec
+from search.storage import check_url, open_storage, redact, scrub
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ERRORS = (
@@ -120,6 +120,12 @@ class StudyData:
         self._held: dict[tuple[int, tuple[str, ...]], Split] = {}
         self._prepared: dict[int, Prepared] = {}
 
+    def fingerprint(self) -> str:
+        """The data's identity (boneage_core.data.data_fingerprint): the same at every image size."""
+        if not self._prepared:
+            self.split(self.spec.train.image_size, self.splits[0])
+        return next(iter(self._prepared.values())).fingerprint
+
     def split(self, image_size: int, *names: str) -> Split:
         key = (image_size, names)
         if key not in self._held:
@@ -130,15 +136,26 @@ class StudyData:
 
 
 def preflight(spec: StudySpec, n_train: int) -> None:
-    """Catch a study that can only fail before any trial runs: every batch size the space can draw must
-    fit the training set, and the fixed backbone and weights must load."""
+    """Catch a study that can only fail before any trial runs: every batch size the space can draw, and
+    the seed recipe's, must fit the training set; the fixed backbone and weights, and the seed
+    recipe's, must load."""
     from boneage_core.models import build_model
 
     p = spec.space.get("batch_size")
     largest = max(p.choices) if p and p.type == "categorical" else int(p.high) if p else spec.train.batch_size
     if largest > n_train:
         raise BoneAgeError(f"batch_size {largest} is above the {n_train} training images; lower it or use more images")
+    if spec.baseline.batch_size > n_train:
+        raise BoneAgeError(
+            f"baseline.batch_size = {spec.baseline.batch_size} is above the {n_train} training images; lower it "
+            "in [baseline] or use more images"
+        )
     build_model(spec.train)
+    if (spec.baseline.backbone, spec.baseline.pretrained) != (spec.train.backbone, spec.train.pretrained):
+        try:
+            build_model(spec.baseline)
+        except BoneAgeError as exc:
+            raise BoneAgeError(f"the seed recipe ([baseline]) cannot be built: {exc}") from None
 
 
 def _caused_by_storage(exc: BaseException) -> bool:
@@ -183,7 +200,12 @@ def run_study(
     timeout_s: float | None = None,
     quiet: bool = False,
     worker_argv: list[str] | None = None,
+    argv: list[str] | None = None,
 ) -> RunOutcome:
+    """Search until the study holds n_trials finished trials. The first run creates the study with its
+    settings; a later one with other settings stops before training (search.record). argv is the
+    command as typed, recorded in the study (by the first process only, not by its workers)."""
+    check_url(url)  # a bad or unwritable storage is refused before any data is read
     worker_index = int(os.environ.get(WORKER_ENV, "0"))
     # K workers on one machine share its cores instead of each starting a thread per core
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, workers))))
@@ -191,10 +213,12 @@ def run_study(
     train_images = len(data.split(spec.train.image_size, "train"))
     preflight(spec, train_images)
     study = load_study(spec, url)
-    check_space_matches(study, space_signature(spec.space), str(spec.path))
-    if "spec" not in study.user_attrs:
-        study.set_user_attr("spec", spec_summary(spec))
+    check_settings(study, study_settings(spec, data.fingerprint()))
+    if worker_index == 0:
         study.set_user_attr("storage", redact(url))
+        study.set_user_attr("target_trials", n_trials)
+        entry = provenance(argv or [], device_description(spec.train.device), data.fingerprint(), workers=workers)
+        record_command(study, entry)
     # reseed the sampler past what the study holds, distinct per worker
     study.sampler = make_sampler(spec, offset=len(study.get_trials(deepcopy=False)) + 7919 * worker_index)
     extra = _spawn_workers(workers - 1, worker_argv or []) if workers > 1 and worker_index == 0 else []
@@ -255,7 +279,7 @@ def run_study(
                 if time.monotonic() - outage_since > STORAGE_OUTAGE_LIMIT_S:
                     raise SearchFailing(
                         f"lost the study storage for over {STORAGE_OUTAGE_LIMIT_S} s: "
-                        f"{redact(str(exc).splitlines()[0])[:200]}"
+                        f"{scrub(str(exc).splitlines()[0], url)[:200]}"
                     ) from None
                 tqdm.write(f"lost the study storage ({type(exc).__name__}); reconnecting", file=sys.stderr)
                 time.sleep(2)

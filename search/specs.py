@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import tomllib
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from boneage_core import BoneAgeError
-from boneage_core.config import MIN_IMAGE_SIZE_PX, TrainConfig, coerce_field, make_config
+from boneage_core.config import MIN_IMAGE_SIZE_PX, SEED_RECIPE, TrainConfig, coerce_field, make_config
 from search.space import ParamSpec, parse_space
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -38,10 +39,26 @@ class StudySpec:
     space: dict[str, ParamSpec]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
-    baseline: TrainConfig  # the seed recipe: train with [baseline] applied, never searched
+    baseline: TrainConfig  # the seed recipe: SEED_RECIPE with [baseline] applied, never [train]
     heartbeat_interval_s: int = 10
     grace_period_s: int = 30  # a RUNNING trial silent this long belongs to a dead worker
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # {field: [TOML value, --set value]}: how --set baseline.* modified the study file's seed recipe
+    baseline_changes: dict[str, list[Any]] = field(default_factory=dict)
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_study_name(name: str, where: str) -> str:
+    """A study name becomes a file and folder name (studies/NAME.db, results/NAME/, checkpoints/NAME/):
+    a plain name only, never a path or '..', whichever way it was given."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise BoneAgeError(
+            f"{where} = {name!r}: a study name uses letters, digits, '_', '-' and '.', and does not start with "
+            "'.' or contain '..'"
+        )
+    return name
 
 
 def find_study_file(study: str) -> Path:
@@ -51,8 +68,7 @@ def find_study_file(study: str) -> Path:
         if not candidate.is_file():
             raise BoneAgeError(f"study file {candidate} does not exist")
         return candidate
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", study):
-        raise BoneAgeError(f"study name {study!r} may use letters, digits, '_', '-' and '.' only")
+    check_study_name(study, "--study")
     path = STUDIES_DIR / f"{study}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
@@ -106,6 +122,7 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         raise BoneAgeError(f"{path}: TOML syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BoneAgeError(f"{path}: cannot read study file ({exc})") from None
+    from_file = copy.deepcopy(raw)
     raw = apply_overrides(raw, list(overrides or []) + ([f"data.source={data_dir!r}"] if data_dir else []))
     for section in raw:
         if section not in SECTIONS:
@@ -132,15 +149,22 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         raise BoneAgeError(f"sampler.name = {sampler['name']!r}: use one of {', '.join(SAMPLERS)}")
     if pruner["name"] not in PRUNERS:
         raise BoneAgeError(f"pruner.name = {pruner['name']!r}: use one of {', '.join(PRUNERS)}")
-    baseline = make_config(raw.get("baseline", {}), train)
+    baseline = seed_recipe(raw.get("baseline", {}), data["image_size"], train)
+    baseline_in_file = seed_recipe(from_file.get("baseline", {}), data["image_size"], train)
+    changes = {
+        k: [v, getattr(baseline, k)]
+        for k, v in baseline_in_file.to_dict().items()
+        if v != getattr(baseline, k) and k != "device"
+    }
     study = {
         "name": path.stem,
         "heartbeat_interval": 10,
         "grace_period": 30,
         **_check_section(raw.get("study", {}), STUDY_KEYS, "study"),
     }
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", study["name"]):
-        raise BoneAgeError(f"study.name = {study['name']!r}: use letters, digits, '_', '-' and '.' only")
+    check_study_name(
+        study["name"], "study.name" if "name" in raw.get("study", {}) else f"the study file name {path.name}"
+    )
     if not 0 < study["heartbeat_interval"] < study["grace_period"]:
         raise BoneAgeError("study.heartbeat_interval must be positive and below study.grace_period")
     return StudySpec(
@@ -155,14 +179,14 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         study["heartbeat_interval"],
         study["grace_period"],
         raw,
+        changes,
     )
 
 
-def spec_summary(spec: StudySpec) -> dict[str, Any]:
-    """What is stored with the study: enough to rebuild any trial's config without the TOML."""
-    return {
-        "train": spec.train.to_dict(),
-        "baseline": spec.baseline.to_dict(),
-        "data": spec.data,
-        "space": {k: dataclasses.asdict(v) for k, v in spec.space.items()},
-    }
+def seed_recipe(table: dict[str, Any], image_size: int, train: TrainConfig) -> TrainConfig:
+    """The study's seed recipe: SEED_RECIPE with its [baseline] table applied. Only where and how
+    numerically a run goes (device, precision) come from [train], the same for every recipe."""
+    if not isinstance(table, dict):
+        raise BoneAgeError("[baseline] must be a table of training fields")
+    base = dataclasses.replace(SEED_RECIPE, image_size=image_size, device=train.device, precision=train.precision)
+    return make_config(table, base)

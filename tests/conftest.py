@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,24 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     return subprocess.run(
         [sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def run_main(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
+    """The CLI's main() in this process: the same parsing, dispatch and error handling as run_cli,
+    without a second start of Python and torch (seconds each), for commands that stop before training.
+    The signal handlers main() installs are put back afterwards."""
+    from search.__main__ import main
+
+    saved, here = signal.getsignal(signal.SIGTERM), os.getcwd()
+    capsys.readouterr()
+    try:
+        os.chdir(cwd)
+        rc = main(list(args))
+    finally:
+        os.chdir(here)
+        signal.signal(signal.SIGTERM, saved)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), rc, out.out, out.err)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

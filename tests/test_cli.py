@@ -22,6 +22,11 @@ type = "float"
 low = 1e-4
 high = 1e-2
 log = true
+[baseline]
+backbone = "timm:resnet10t"
+pretrained = "none"
+batch_size = 8
+epochs = 1
 """
 
 
@@ -78,7 +83,7 @@ BAD_ARGS = [
     ("batch above training set", ["run", "--set", "train.batch_size=64"], "batch_size 64 is above the 28 training"),
     ("malformed storage URL", ["status", "--storage", "notaurl"], "storage URL", "not valid"),
     ("missing data dir", ["run", "--data", "/nonexistent/rsna"], "/nonexistent/rsna", "does not exist"),
-    ("weights file missing", ["baseline", "--set", 'train.pretrained="/no/such.pth"'], "/no/such.pth"),
+    ("weights file missing", ["run", "--set", 'train.pretrained="/no/such.pth"'], "/no/such.pth"),
     ("unreachable postgres", ["status", "--storage", "postgresql://bob:hunter2@127.0.0.1:1/x"], "cannot open"),
 ]
 
@@ -112,25 +117,62 @@ def test_bad_study_file_is_one_line_and_exit_2(tmp_path, text, fragments):
     assert_one_line_error(run_cli("status", "--study", str(path), cwd=tmp_path), *fragments)
 
 
-def test_batch_size_above_the_training_set_fails_the_trial_not_the_program(tmp_path):
+def test_a_seed_recipe_that_cannot_train_is_refused_before_the_search(tmp_path):
     src = make_kaggle(tmp_path / "k", n=20)
     study = tmp_path / "s.toml"
-    study.write_text(GOOD.replace('"phantom"', f'"{src}"') + "\n[baseline]\nbatch_size = 64\n")
-    r = run_cli("baseline", "--study", str(study), cwd=tmp_path)
-    assert_one_line_error(r, "batch_size = 64 is above the 14 training images")
+    good = GOOD.replace('"phantom"', f'"{src}"')
+    study.write_text(good.replace("batch_size = 8\nepochs = 1", "batch_size = 64\nepochs = 1"))
+    r = run_cli("run", "--study", str(study), cwd=tmp_path)
+    assert_one_line_error(r, "baseline.batch_size = 64 is above the 14 training images")
+    assert not (tmp_path / "studies" / "s.db").exists()  # refused before the study was made
+    study.write_text(good.replace('pretrained = "none"\nbatch_size', "batch_size"))  # ImageNet weights, offline
+    r = run_cli("run", "--study", str(study), cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "no-torch-home")})
+    assert_one_line_error(r, "seed recipe ([baseline])", "imagenet")
 
 
 def test_unwritable_study_directory_is_refused(tmp_path):
     study = tmp_path / "good.toml"
     study.write_text(GOOD)
     (tmp_path / "afile").write_text("not a directory")  # refused even for root, unlike a chmod
-    r = run_cli("status", "--study", str(study), "--storage", f"sqlite:///{tmp_path}/afile/x.db", cwd=tmp_path)
+    r = run_cli("run", "--study", str(study), "--storage", f"sqlite:///{tmp_path}/afile/x.db", cwd=tmp_path)
     assert_one_line_error(r, "cannot create the study directory", "afile")
 
 
-def test_passwords_never_appear_in_printed_urls():
-    assert redact("postgresql://bob:hunter2@db.example/study") == "postgresql://bob:***@db.example/study"
-    assert redact("sqlite:///studies/demo.db") == "sqlite:///studies/demo.db"
+# (URL, the password as a driver or an error message would show it)
+SECRET_URLS = [
+    ("postgresql://bob:hunter2@db.example/study", "hunter2"),
+    ("postgresql://bob:hunter%402@db.example/study", "hunter@2"),  # an escaped '@' in the password
+    ("postgresql://bob:hun@ter2@db.example/study", "hun@ter2"),  # unescaped: SQLAlchemy would split it
+    ("postgresql://bob@db.example/study?password=hunter2", "hunter2"),
+    ("postgresql+psycopg2://bob@db.example/study?sslmode=require&sslpassword=hunter2", "hunter2"),
+    ("postgresql:/bob:hunter2@db.example/study", "hunter2"),  # a mistyped scheme separator
+    ("postgresql//bob:hunter2@db.example/study", "hunter2"),
+    ("mysql://bob:hunter2@db.example/study", "hunter2"),
+]
+
+
+@pytest.mark.parametrize("url,password", SECRET_URLS)
+def test_passwords_never_appear_in_printed_urls(url, password):
+    from search.storage import redact_argv, scrub
+
+    shown = redact(url)
+    assert "hun" not in shown and "ter2" not in shown and shown.startswith(url[:8])
+    assert "hun" not in " ".join(redact_argv(["run", "--storage", url, f"--storage={url}"]))
+    assert "hun" not in scrub(f"could not connect to {url}: password {password} rejected", url)
+
+
+def test_urls_without_secrets_print_as_given():
+    for url in ("sqlite:///studies/demo.db", "sqlite:////abs/path/x.db", "postgresql://bob@db.example:5432/study"):
+        assert redact(url) == url
+
+
+@pytest.mark.parametrize("url", [u for u, _ in SECRET_URLS[-3:-1]])
+def test_a_malformed_url_with_a_password_is_one_line_without_it(tmp_path, url):
+    study = tmp_path / "good.toml"
+    study.write_text(GOOD)
+    r = run_cli("status", "--study", str(study), "--storage", url, cwd=tmp_path, timeout=120)
+    assert_one_line_error(r, "storage url", "not valid")
+    assert "hunter2" not in r.stderr + r.stdout
 
 
 def test_set_overrides_reach_the_spec(tmp_path):

@@ -48,12 +48,19 @@ def searched(tmp_path, study):  # noqa: F811
 def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     spec = load_spec(str(searched), ["train.epochs=7"])  # the TOML changed since: the study's record wins
-    best = recipes(s, spec, {})["best"]
+    best = recipes(s, spec, {}).configs["best"]
     assert best.to_dict() == s.best_trial.user_attrs["config"]
-    assert recipes(s, spec, {"epochs": 1})["best"].epochs == 1  # an explicit --set overrides on purpose
+    plan = recipes(s, spec, {"epochs": 1})  # an explicit --set train.* changes the best recipe on purpose
+    assert plan.configs["best"].epochs == 1 and plan.overrides["best"] == {"epochs": [2, 1]}
+    assert plan.configs["baseline"].epochs == 2 and not plan.seed_recipe_modified  # and never the seed recipe
+    modified = recipes(s, spec, {}, {"epochs": 3})  # --set baseline.* changes the seed recipe, said so
+    assert modified.configs["baseline"].epochs == 3 and modified.seed_recipe_modified == {"epochs": [2, 3]}
+    assert modified.configs["best"] == best
 
 
 def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study):  # noqa: F811
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     assert_one_line_error(run_cli("retrain", "--study", str(study), cwd=tmp_path), "no completed trial")
 
 
@@ -61,11 +68,12 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "search", "retrain", "--study", str(searched), "--set", "train.epochs=3", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    ckpt = tmp_path / "checkpoints" / "tiny" / "best-seed0.pt"
+    ckpts = tmp_path / "checkpoints" / "tiny"
     deadline = time.monotonic() + 120
-    while not ckpt.is_file():
+    while not list(ckpts.glob("best-seed0-*.pt")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
+    (ckpt,) = ckpts.glob("best-seed0-*.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = json.loads(torch.load(ckpt, weights_only=True)["history"])
@@ -78,11 +86,11 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
     for name in ("best", "baseline"):
         e = out["recipes"][name]
-        assert len(e["mae_per_seed"]) == 2 and e["mae_ci_low"] <= np.mean(e["mae_per_seed"]) <= e["mae_ci_high"]
-        assert "tta_flip_mae_mean" in e
+        assert len(e["mae_per_seed"]) == 2 and e["mae"]["ci_low"] <= np.mean(e["mae_per_seed"]) <= e["mae"]["ci_high"]
+        assert "tta_flip" in e
     preds = (tmp_path / "results" / "tiny" / "predictions_best_seed1.csv").read_text().splitlines()
     assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out["n_test"] == 7
-    assert "best - baseline" in r.stdout
+    assert f"on the same {out['n_test']} test images" in r.stdout and "seed recipe" in r.stdout
 
     assert run_cli("baseline", "--study", str(searched), "--quiet", cwd=tmp_path).returncode == 0
     r = run_cli("report", "--study", str(searched), cwd=tmp_path)
@@ -109,7 +117,7 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
         HTMLParser().feed(page.read_text())  # parses
         assert page.stat().st_size < 1_000_000  # plotly.js is shared, not embedded
     summary = (res / "summary.md").read_text()
-    assert "seed baseline" in summary and "Final test" in summary and "95% CI" in summary
+    assert "seed recipe" in summary and "Final test" in summary and "95% CI" in summary
     assert "PNG copies" in summary
     assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
 
@@ -127,7 +135,7 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # no
         assert t.user_attrs["config"]["image_size"] == t.params["image_size"]
     assert {t.params["image_size"] for t in done} == {32, 48}  # seeded: both sizes drawn in 4 trials
 
-    r = run_cli("retrain", "--study", str(study), "--set", "train.epochs=1", "--quiet", cwd=tmp_path)
+    r = run_cli("retrain", "--study", str(study), "--set", "train.epochs=1", "--seeds", "1", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
     assert out["recipes"]["best"]["config"]["image_size"] == s.best_trial.params["image_size"]
