@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ class TrainConfig:
     dropout: float = 0.0
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA with compute capability 8+, fp16 below, fp32 on CPU
     tta_flip: bool = False  # average predictions over a horizontal flip at evaluation
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,10 +123,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise bad("epochs", "must be at least 1")
     if cfg.batch_size < 2:
         raise bad("batch_size", "must be at least 2 (batch norm needs two images)")
-    if not cfg.lr > 0:
-        raise bad("lr", "must be positive")
-    if cfg.weight_decay < 0:
-        raise bad("weight_decay", "must be zero or positive")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise bad("lr", "must be a positive finite number")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise bad("weight_decay", "must be zero or a positive finite number")
+    if not 0 <= cfg.seed < 2**32:
+        raise bad("seed", "must lie in [0, 2^32)")
     if not 0.0 <= cfg.aug_strength <= 1.0:
         raise bad("aug_strength", "must lie in [0, 1]")
     if not 0.0 <= cfg.dropout < 1.0:

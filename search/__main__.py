@@ -26,7 +26,7 @@ def _raise_terminated(signum, frame):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, instead of usage + message
-        print(f"error: {message} (see python -m search {' '.join(sys.argv[1:2])} --help)", file=sys.stderr)
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -37,6 +37,24 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed as numpy and Optuna take it: a whole number in [0, 2^32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, 2^32), got {value}")
+    return value
+
+
+def port_int(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port lies in 1..65535, got {value}")
     return value
 
 
@@ -95,7 +113,7 @@ def get_args_parser() -> Parser:
     sub.add_parser("report", parents=[common], help="summary, trials.csv and figures into results/<study>/")
     sub.add_parser("status", parents=[common], help="trials by state, best so far, baseline, time spent")
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the study storage")
-    dash.add_argument("--port", type=positive_int, default=8080)
+    dash.add_argument("--port", type=port_int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
 
     bench = sub.add_parser("bench", help="the performance benchmarks: figures to results/bench/")
@@ -123,13 +141,13 @@ def get_args_parser() -> Parser:
     mk = data_sub.add_parser("make-phantom", help="write the embedded synthetic dataset in the Kaggle layout")
     mk.add_argument("out")
     mk.add_argument("--n", type=positive_int, default=1000, help="number of images (default 1000)")
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--seed", type=seed_int, default=0)
     ck = data_sub.add_parser("check", help="what a data directory holds and whether it can be used")
     ck.add_argument("dir")
     ca = data_sub.add_parser("cache", help="decode a data directory once into the image cache")
     ca.add_argument("dir")
     ca.add_argument("--size", type=positive_int, default=64, help="side of the cached images, pixels")
-    ca.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    ca.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val/test split")
     return parser
 
 
@@ -144,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
+    # heartbeats and stale-trial retry are Optuna's documented way to survive dead workers, marked
+    # experimental; the warning says nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*experimental.*")
     from search.runner import SearchFailing
 
     try:
@@ -153,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except SearchFailing as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a full disk or a corrupted study file, wherever the command was
+        from search.storage import storage_fault
+
+        lasting = storage_fault(exc, getattr(args, "storage", None))
+        if lasting is None:
+            raise
+        print(f"error: {lasting}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

@@ -4,6 +4,7 @@ trial.suggest_*, so the search and the retrain of its best trial read parameters
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +25,6 @@ class ParamSpec:
     log: bool = False
     step: float | None = None
     choices: tuple = ()
-
-    def to_distribution(self) -> optuna.distributions.BaseDistribution:
-        if self.type == "float":
-            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return optuna.distributions.IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
-        return optuna.distributions.CategoricalDistribution(self.choices)
 
 
 def parse_param(name: str, table: dict[str, Any]) -> ParamSpec:
@@ -56,6 +48,8 @@ def parse_param(name: str, table: dict[str, Any]) -> ParamSpec:
         if not isinstance(table.get(key), (int, float)) or isinstance(table.get(key), bool):
             raise BoneAgeError(f"{where}: '{key}' must be a number")
     low, high, log = table["low"], table["high"], table.get("log", False)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BoneAgeError(f"{where}: low and high must be finite numbers, got {low} and {high}")
     if not isinstance(log, bool):
         raise BoneAgeError(f"{where}: 'log' must be true or false")
     if low > high:

@@ -21,6 +21,10 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 SAMPLER_KEYS = {"name": str, "seed": int, "n_startup_trials": int}
 STUDY_KEYS = {"name": str, "heartbeat_interval": int, "grace_period": int}
+# Optuna's pruners accept these below their minimum and fail later, inside a trial (hyperband's
+# reduction_factor 1 divides by zero after the first epoch)
+PRUNER_MINIMA = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1, "reduction_factor": 2}
+SEED_LIMIT = 2**32  # numpy and Optuna's samplers take seeds below 2^32
 PRUNER_KEYS = {
     "name": str,
     "n_startup_trials": int,
@@ -120,6 +124,8 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BoneAgeError(f"{path}: TOML syntax error: {exc}") from None
+    except RecursionError:
+        raise BoneAgeError(f"{path}: tables or arrays nested too deeply to be a study file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BoneAgeError(f"{path}: cannot read study file ({exc})") from None
     from_file = copy.deepcopy(raw)
@@ -131,6 +137,7 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
     data.update(_check_section(raw.get("data", {}), {k: type(v) for k, v in DATA_DEFAULTS.items()}, "data"))
     if data["max_images"] < 0 or data["phantom_n"] < 20:
         raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
+    check_seed(data["seed"], "data.seed")
     train_values = {k: coerce_field(k, v) for k, v in raw.get("train", {}).items()}
     if "image_size" in train_values:
         raise BoneAgeError("set the image size as data.image_size: the cache is built at that size")
@@ -143,12 +150,19 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
             raise BoneAgeError(
                 f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least {MIN_IMAGE_SIZE_PX}"
             )
+    check_space_values(space, train)
     sampler = {"name": "tpe", "seed": 0, **_check_section(raw.get("sampler", {}), SAMPLER_KEYS, "sampler")}
     pruner = {"name": "median", **_check_section(raw.get("pruner", {}), PRUNER_KEYS, "pruner")}
     if sampler["name"] not in SAMPLERS:
         raise BoneAgeError(f"sampler.name = {sampler['name']!r}: use one of {', '.join(SAMPLERS)}")
     if pruner["name"] not in PRUNERS:
         raise BoneAgeError(f"pruner.name = {pruner['name']!r}: use one of {', '.join(PRUNERS)}")
+    check_seed(sampler["seed"], "sampler.seed")
+    for key, least in PRUNER_MINIMA.items():
+        if key in pruner and pruner[key] < least:
+            raise BoneAgeError(f"pruner.{key} = {pruner[key]}: must be at least {least}")
+    if sampler.get("n_startup_trials", 0) < 0:
+        raise BoneAgeError(f"sampler.n_startup_trials = {sampler['n_startup_trials']}: must be at least 0")
     baseline = seed_recipe(raw.get("baseline", {}), data["image_size"], train)
     baseline_in_file = seed_recipe(from_file.get("baseline", {}), data["image_size"], train)
     changes = {
@@ -181,6 +195,24 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         raw,
         changes,
     )
+
+
+def check_seed(value: int, where: str) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise BoneAgeError(f"{where} = {value}: a seed must lie in [0, 2^32)")
+    return value
+
+
+def check_space_values(space: dict[str, ParamSpec], train: TrainConfig) -> None:
+    """Every value the space can draw makes a valid config: each choice, and both ends of a range (the
+    checks are bounds, so the ends decide). A bad value would otherwise fail trial after trial."""
+    for p in space.values():
+        values = p.choices if p.type == "categorical" else (p.low, p.high)
+        for v in values:
+            try:
+                make_config({p.name: int(v) if p.type == "int" else v}, train)
+            except BoneAgeError as exc:
+                raise BoneAgeError(f"[space.{p.name}] can draw {v!r}, which is not a valid value: {exc}") from None
 
 
 def seed_recipe(table: dict[str, Any], image_size: int, train: TrainConfig) -> TrainConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import subprocess
@@ -102,14 +103,17 @@ def run_main(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
     The signal handlers main() installs are put back afterwards."""
     from search.__main__ import main
 
-    saved, here = signal.getsignal(signal.SIGTERM), os.getcwd()
+    saved, here, handlers = signal.getsignal(signal.SIGTERM), os.getcwd(), list(logging.getLogger().handlers)
     capsys.readouterr()
     try:
         os.chdir(cwd)
         rc = main(list(args))
+    except SystemExit as exc:  # argparse's errors
+        rc = exc.code
     finally:
         os.chdir(here)
         signal.signal(signal.SIGTERM, saved)
+        logging.getLogger().handlers[:] = handlers  # main's basicConfig wrote to this test's captured stderr
     out = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), rc, out.out, out.err)
 

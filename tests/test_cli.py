@@ -6,7 +6,7 @@ import pytest
 
 from search.specs import load_spec
 from search.storage import redact
-from tests.conftest import assert_one_line_error, make_kaggle, run_cli
+from tests.conftest import assert_one_line_error, make_kaggle, run_cli, run_main
 
 GOOD = """
 [data]
@@ -85,19 +85,74 @@ BAD_ARGS = [
     ("missing data dir", ["run", "--data", "/nonexistent/rsna"], "/nonexistent/rsna", "does not exist"),
     ("weights file missing", ["run", "--set", 'train.pretrained="/no/such.pth"'], "/no/such.pth"),
     ("unreachable postgres", ["status", "--storage", "postgresql://bob:hunter2@127.0.0.1:1/x"], "cannot open"),
+    (
+        "password in the query",
+        ["status", "--storage", "postgresql://bob@127.0.0.1:1/x?password=hunter2"],
+        "cannot open",
+    ),
+    ("storage in memory", ["run", "--storage", "sqlite:///:memory:"], "in memory", "lost"),
+    ("workers beyond the machine", ["run", "--workers", "100"], "--workers 100", "room for"),
+    ("pruner startup negative", ["run", "--set", "pruner.n_startup_trials=-1"], "pruner.n_startup_trials", "least 0"),
+    (
+        "hyperband reduction factor 1",
+        ["run", "--set", 'pruner.name="hyperband"', "--set", "pruner.reduction_factor=1"],
+        "pruner.reduction_factor",
+        "at least 2",
+    ),
+    ("pruner min resource 0", ["run", "--set", "pruner.min_resource=0"], "pruner.min_resource", "at least 1"),
+    ("sampler seed negative", ["run", "--set", "sampler.seed=-1"], "sampler.seed", "2^32"),
+    ("data seed too large", ["run", "--set", "data.seed=4294967296"], "data.seed", "2^32"),
+    ("space bound nan", ["run", "--set", "space.lr.high=nan"], "[space.lr]", "finite"),
+    ("space bound inf", ["run", "--set", "space.lr.log=false", "--set", "space.lr.high=inf"], "[space.lr]", "finite"),
+    ("lr infinite", ["run", "--set", "train.lr=inf"], "train.lr", "finite"),
+    (
+        "negative lr range",
+        ["run", "--set", "space.lr.log=false", "--set", "space.lr.low=-0.1"],
+        "[space.lr] can draw -0.1",
+        "positive",
+    ),
+    (
+        "unknown optimizer among choices",
+        ["run", "--set", 'space.optimizer.type="categorical"', "--set", 'space.optimizer.choices=["adam", "rmsprop"]'],
+        "[space.optimizer] can draw 'rmsprop'",
+        "adamw",
+    ),
+    ("study name dot dot", ["report", "--set", "study.name=.."], "study.name", "'..'"),
+    ("study name a path", ["report", "--set", "study.name=a/b"], "study.name"),
+    ("phantom seed negative", ["data", "make-phantom", "ph", "--seed", "-1"], "--seed", "2^32"),
+    ("dashboard port too large", ["dashboard", "--port", "99999"], "--port", "65535"),
+    ("dashboard empty host", ["dashboard", "--host", ""], "--host is empty"),
+    ("dashboard unknown host", ["dashboard", "--host", "no-such-host.invalid"], "--host", "resolve"),
 ]
+if not __import__("torch").cuda.is_available():  # the check needs a machine without CUDA
+    BAD_ARGS.append(("cuda without a device", ["run", "--set", "train.device=cuda"], "train.device", "no CUDA"))
 
 
 @pytest.mark.parametrize("case", BAD_ARGS, ids=[c[0] for c in BAD_ARGS])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, case, capsys):
+    """In this process (main(), as the CLI runs it): none of these may get as far as training."""
     _, args, *fragments = case
     study = tmp_path / "good.toml"
     study.write_text(GOOD)
-    if "--study" not in args:
+    if "--study" not in args and args[0] not in ("data", "bench"):
         args = [args[0], "--study", str(study), *args[1:]]
-    r = run_cli(*args, cwd=tmp_path, timeout=120)
+    r = run_main(*args, cwd=tmp_path, capsys=capsys)
     assert_one_line_error(r, *fragments)
     assert "hunter2" not in r.stderr + r.stdout
+    assert not list(tmp_path.glob("results")) and not list(tmp_path.glob("*.db"))  # nothing written
+
+
+def test_a_study_file_named_dots_is_refused(tmp_path, capsys):
+    (tmp_path / "...toml").write_text(GOOD)
+    r = run_main("report", "--study", str(tmp_path / "...toml"), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "study file name ...toml")
+
+
+def test_a_deeply_nested_study_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert_one_line_error(
+        run_main("status", "--study", str(tmp_path / "deep.toml"), cwd=tmp_path, capsys=capsys), "nested"
+    )
 
 
 @pytest.mark.parametrize(
