@@ -16,7 +16,6 @@ from boneage_core.config import TrainConfig
 from boneage_core.errors import BoneAgeError
 
 RESNET50_IMAGENET_FILE = "resnet50-11ad3fa6.pth"  # torchvision ResNet50_Weights.IMAGENET1K_V2
-HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head_fc.", "last_linear.")
 
 
 class BoneAgeNet(nn.Module):
@@ -36,12 +35,16 @@ class BoneAgeNet(nn.Module):
 
     def forward(self, x: torch.Tensor, male: torch.Tensor | None = None) -> torch.Tensor:
         feats = self.backbone(x)
-        if self.sex_embed is not None:
-            if male is None:
-                raise ValueError("this model was built with use_sex=True and needs the sex of each image")
-            sex = male.to(feats.dtype).view(-1, 1) * 2 - 1
-            feats = torch.cat([feats, torch.relu(self.sex_embed(sex))], 1)
-        return self.head(feats).squeeze(1)
+        # the head in fp32 even under autocast: a bf16 output moves in steps of 0.3 to 0.6 months at
+        # RSNA's spread of ages, coarser than the differences between recipes
+        with torch.autocast(feats.device.type, enabled=False):
+            feats = feats.float()
+            if self.sex_embed is not None:
+                if male is None:
+                    raise ValueError("this model was built with use_sex=True and needs the sex of each image")
+                sex = male.to(feats.dtype).view(-1, 1) * 2 - 1
+                feats = torch.cat([feats, torch.relu(self.sex_embed(sex))], 1)
+            return self.head(feats).squeeze(1)
 
 
 def to_one_channel(weight: torch.Tensor) -> torch.Tensor:
@@ -57,10 +60,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise BoneAgeError(f"weights file {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except pickle.UnpicklingError:  # torch's own text advises weights_only=False: never here
         raise BoneAgeError(
-            f"{path}: refused by torch.load(weights_only=True), it holds more than tensors ({first})"
+            f"{path}: not a plain state dict (it holds Python objects, which this project never unpickles); "
+            "save the weights with torch.save(model.state_dict(), path)"
         ) from None
     except Exception as exc:
         raise BoneAgeError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
@@ -99,7 +102,6 @@ def _resnet50(pretrained: str) -> tuple[nn.Module, int]:
     net = resnet50(weights=None)
     n_features = net.fc.in_features
     net.fc = nn.Identity()
-    rgb_conv1 = net.conv1
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if pretrained == "imagenet":
         path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_IMAGENET_FILE
@@ -111,7 +113,6 @@ def _resnet50(pretrained: str) -> tuple[nn.Module, int]:
         load_backbone_weights(net, load_state_dict_file(path), str(path))
     elif pretrained != "none":
         load_backbone_weights(net, load_state_dict_file(pretrained), pretrained)
-    del rgb_conv1
     return net, n_features
 
 

@@ -61,19 +61,40 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a config names, with its index on CUDA (tensors report cuda:0, never bare cuda, so
+    comparisons need the index); a missing device is a BoneAgeError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BoneAgeError(f"train.device = {name!r} but no CUDA device is visible; use auto or cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BoneAgeError(f"train.device = {name!r} but no CUDA device is visible; use auto or cpu")
+        device = torch.device(name)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= (count := torch.cuda.device_count()):
+            raise BoneAgeError(f"train.device = {name!r} but only {count} CUDA device(s) are visible")
+        return torch.device("cuda", index)
     return torch.device(name)
 
 
+def amp_dtype(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA devices that compute it natively
+    (compute capability 8 and up), fp16 (with loss scaling) on older ones, which only emulate bf16;
+    fp32 on a CPU, where bf16 is 2.5-3x slower without hardware support."""
+    if device_type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if capability is not None and capability[0] >= 8 else torch.float16
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return amp_dtype(cfg.precision, device.type, capability)
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CUDA by default; fp32 on CPU, where bf16 is 2.5-3x slower without hardware support."""
-    if device.type != "cuda" or cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+    dtype = _amp_dtype(cfg, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -122,7 +143,8 @@ def training_batches(
         idx = order[start : start + batch_size]
         batch = images[idx]
         if not on_device:
-            batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch.to(device)
+            pinnable = device.type == "cuda" and batch.device.type == "cpu"  # only host memory can be pinned
+            batch = batch.pin_memory().to(device, non_blocking=True) if pinnable else batch.to(device)
             idx = idx.to(device, non_blocking=True)
         x = augmented_batch(batch.unsqueeze(1), aug_strength, generator, intensity=aug_intensity)
         yield idx, x.contiguous(memory_format=torch.channels_last)
@@ -228,12 +250,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # a checkpoint under its final name is always complete
 
 
-def _resume(ckpt: Path, cfg: TrainConfig, model, optimizer, scheduler, generator, result: FitResult) -> int:
+def _resume(ckpt: Path, cfg: TrainConfig, model, optimizer, scheduler, generator, scaler, result: FitResult) -> int:
     """Load a checkpoint written by the same config; the number of epochs it holds.
 
     Loaded on the CPU: load_state_dict then places each tensor where its module or optimizer lives,
     while the generator state must stay a CPU byte tensor (map_location=cuda would move it there)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or corrupted (a full disk, a copy cut short): as if absent
+        log.warning("checkpoint %s is unreadable (%s); training this seed from the start", ckpt, type(exc).__name__)
+        return 0
     if json.loads(state["config"]) != cfg.to_dict():
         raise BoneAgeError(f"checkpoint {ckpt} was written by another config; delete it to start over")
     model.load_state_dict(state["model"])
@@ -241,6 +267,8 @@ def _resume(ckpt: Path, cfg: TrainConfig, model, optimizer, scheduler, generator
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     result.history = json.loads(state["history"])
     final = json.loads(state.get("final_eval", "null"))
     if final is not None:  # finished: the predictions of its last evaluation, as they were
@@ -285,7 +313,8 @@ def fit(
     optimizer = make_optimizer(cfg, model)
     steps = cfg.epochs * (len(train) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cfg.schedule == "cosine" else None
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
+    # fp16 needs loss scaling (its range underflows small gradients); its state is checkpointed
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
 
     mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months)) or 1.0
     tr_images, tr_male = _to_device(train, device)
@@ -294,7 +323,8 @@ def fit(
 
     result = FitResult()
     ckpt = Path(checkpoint) if checkpoint else None
-    start_epoch = _resume(ckpt, cfg, model, optimizer, scheduler, generator, result) if ckpt and ckpt.is_file() else 0
+    resumable = ckpt is not None and ckpt.is_file()
+    start_epoch = _resume(ckpt, cfg, model, optimizer, scheduler, generator, scaler, result) if resumable else 0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_loss = train_one_epoch(
@@ -331,6 +361,7 @@ def fit(
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                     "history": json.dumps(result.history),
                     "final_eval": json.dumps(final),
                 },

@@ -50,6 +50,7 @@ from boneage_core.train import (
     training_batches,
 )
 from search.bench_storage import burn_iterations, scratch_postgres, storage_run
+from search.files import write_atomic
 from search.record import command_line
 
 SECTIONS = ("data_path", "training_overhead", "search_efficiency", "storage", "gpu_throughput")
@@ -662,10 +663,14 @@ def run_bench(
             result["seconds"] = round(time.perf_counter() - t0, 1)
             report["sections"][name] = result
             log(f"  {result['measured']}")
-    report["total_s"] = round(time.perf_counter() - start, 1)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench.md").write_text(render_markdown(report))
+            report["total_s"] = round(time.perf_counter() - start, 1)
+            _write_report(out, report)  # each finished section is kept, whatever a later one does
     return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    write_atomic(out / "bench.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "bench.md", render_markdown(report))
 
 
 def _met(v: bool | None, skipped: str) -> str:

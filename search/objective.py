@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,9 +19,11 @@ from search.specs import StudySpec
 if TYPE_CHECKING:
     from search.runner import StudyData
 
-# Trial failures that say something about the parameters, not about the program: the trial is
-# recorded as failed with its reason and the search goes on.
-TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, BoneAgeError)
+# Trial failures that say something about the parameters or the device, not about the program: the
+# trial is recorded as failed with its reason and the search goes on (five in a row stop it). A CUDA
+# error (an illegal access, a kernel launch failure: torch.AcceleratorError) in one worker fails that
+# trial, not every worker of the run.
+TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, torch.AcceleratorError, BoneAgeError)
 CLAIMED = (
     optuna.trial.TrialState.COMPLETE,
     optuna.trial.TrialState.PRUNED,
@@ -38,31 +42,56 @@ def make_objective(spec: StudySpec, data: StudyData, n_trials: int) -> Callable[
         if sum(t.number < trial.number for t in earlier) >= n_trials:
             trial.set_user_attr("fail_reason", f"not run: the study already holds {n_trials} trials")
             raise BudgetReached()
-        cfg = suggest_config(trial, spec.train, spec.space)
-        trial.set_user_attr("config", cfg.to_dict())
         start = time.perf_counter()
-        # a searched image size is decoded on its first use, inside the trial that needs it
-        train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-        history: list[dict] = []
-
-        def on_epoch_end(epoch: int, row: dict) -> None:
-            history.append(row)
-            trial.set_user_attr("history", history)
-            trial.set_user_attr("epochs_run", epoch)
-            trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
-            trial.report(row["val_mae_months"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val MAE {row['val_mae_months']:.2f} months after epoch {epoch}")
-
         try:
-            result = fit(cfg, train, val, on_epoch_end)
-        except TRIAL_FAILURES as exc:
+            cfg = suggest_config(trial, spec.train, spec.space)
+            trial.set_user_attr("config", cfg.to_dict())
+            # a searched image size is decoded on its first use, inside the trial that needs it
+            train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
+            metrics = fit(cfg, train, val, _reporter(trial, start)).metrics  # the model goes with the result
+        except TRIAL_FAILURES as exc:  # the reason is stored with the trial and printed by the runner
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
-            if isinstance(exc, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()
+            release(exc)
             raise
+        except BaseException as exc:  # pruned, interrupted
+            release(exc)
+            raise
+        finally:
+            collect()
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
-        trial.set_user_attr("val_metrics", result.metrics)
-        return result.metrics["mae_months"]
+        trial.set_user_attr("val_metrics", metrics)
+        return metrics["mae_months"]
 
     return objective
+
+
+def release(exc: BaseException) -> None:
+    """Drop what a trial's exception keeps alive. Optuna holds a failed or pruned trial's exception, and
+    its traceback holds fit's frames: the model, the optimizer state, the device copies of the
+    splits, for an out-of-memory error the activations too. Left there, one OOM trial makes the next
+    ones OOM as well."""
+    traceback.clear_frames(exc.__traceback__)
+
+
+def collect() -> None:
+    """Free a finished trial's memory before the next starts: cycles now, then the CUDA cache (which
+    can only return blocks nothing references any more)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reporter(trial: optuna.Trial, start: float) -> Callable[[int, dict], None]:
+    """fit's on_epoch_end for a trial: record the epoch, report val MAE, raise TrialPruned to prune."""
+    history: list[dict] = []
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        history.append(row)
+        trial.set_user_attr("history", history)
+        trial.set_user_attr("epochs_run", epoch)
+        trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
+        trial.report(row["val_mae_months"], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val MAE {row['val_mae_months']:.2f} months after epoch {epoch}")
+
+    return on_epoch_end

@@ -22,7 +22,7 @@ from boneage_core.train import Split
 from search.objective import TRIAL_FAILURES, BudgetReached, make_objective
 from search.record import check_settings, device_description, provenance, record_command, study_settings
 from search.specs import StudySpec
-from search.storage import check_url, open_storage, redact, scrub
+from search.storage import check_url, open_storage, redact, scrub, storage_fault
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ERRORS = (
@@ -135,12 +135,36 @@ class StudyData:
         return self._held[key]
 
 
+WORKER_MEMORY_BYTES = 2 * 1024**3  # what one worker process holds: torch, a model, its optimizer, the splits
+
+
+def max_workers() -> int:
+    """As many workers as this machine has cores, and memory for: each is a whole torch process."""
+    cores = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf: cores decide
+        return cores
+    return max(1, min(cores, memory // WORKER_MEMORY_BYTES))
+
+
+def check_workers(workers: int) -> None:
+    limit = max_workers()
+    if workers > limit:
+        raise BoneAgeError(
+            f"--workers {workers}: this machine has room for {limit} (one per core, about 2 GiB of memory each); "
+            "for more, run the same command on other machines against one PostgreSQL --storage"
+        )
+
+
 def preflight(spec: StudySpec, n_train: int) -> None:
     """Catch a study that can only fail before any trial runs: every batch size the space can draw, and
     the seed recipe's, must fit the training set; the fixed backbone and weights, and the seed
     recipe's, must load."""
     from boneage_core.models import build_model
+    from boneage_core.train import resolve_device
 
+    resolve_device(spec.train.device)  # cuda asked for on a machine without one
     p = spec.space.get("batch_size")
     largest = max(p.choices) if p and p.type == "categorical" else int(p.high) if p else spec.train.batch_size
     if largest > n_train:
@@ -180,14 +204,31 @@ def _check_failures(study: optuna.Study, limit: int = 5) -> None:
         raise SearchFailing(f"the last {limit} trials failed; the last one: {reasons[-1] or 'see the study'}")
 
 
+def worker_devices(workers: int, visible: str | None, count: int) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES value for each of `workers` processes, the first being this one: the
+    i-th of the devices this process may use, in its own notation (an index, a GPU UUID or a MIG id),
+    round robin; None where there is nothing to choose (no GPU, or one). This process keeps its own
+    first device (cuda:0 within its set), so it is listed but not changed."""
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else []
+    if visible is None:
+        ids = [str(k) for k in range(count)]
+    ids = ids[:count] if count else []
+    if len(ids) < 2:
+        return [None] * workers
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
 def _spawn_workers(k: int, argv: list[str]) -> list[subprocess.Popen]:
     """k extra worker processes running the same command; one GPU each when several are visible."""
+    devices = worker_devices(k + 1, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+    if devices[0] is not None:
+        mapping = ", ".join(f"worker {i}: {d}" for i, d in enumerate(devices))
+        tqdm.write(f"GPUs (CUDA_VISIBLE_DEVICES): {mapping}", file=sys.stderr)
     procs = []
-    gpus = torch.cuda.device_count()
     for i in range(1, k + 1):
         env = dict(os.environ, **{WORKER_ENV: str(i), WORKERS_ENV: str(k + 1)})
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        if devices[i] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         procs.append(subprocess.Popen([sys.executable, "-m", "search", *argv, "--workers", "1", "--quiet"], env=env))
     return procs
 
@@ -206,6 +247,7 @@ def run_study(
     settings; a later one with other settings stops before training (search.record). argv is the
     command as typed, recorded in the study (by the first process only, not by its workers)."""
     check_url(url)  # a bad or unwritable storage is refused before any data is read
+    check_workers(workers)
     worker_index = int(os.environ.get(WORKER_ENV, "0"))
     # K workers on one machine share its cores instead of each starting a thread per core
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, workers))))
@@ -255,7 +297,9 @@ def run_study(
         if done + c[TrialState.RUNNING] >= n_trials:
             # the rest is running elsewhere; wait in case a worker dies and its trial must be redone.
             # (WAITING trials, such as a dead worker's retried one, are what the next ask() runs.)
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             time.sleep(spec.heartbeat_interval_s / 2)
             return None
         with warnings.catch_warnings():
@@ -273,15 +317,19 @@ def run_study(
             except Exception as exc:
                 if not _caused_by_storage(exc):
                     raise
+                lasting = storage_fault(exc, url)
+                if lasting:  # no retry can fix it; the study as committed so far is intact
+                    raise SearchFailing(lasting) from None
                 # a restarted database server: wait for it; the trial it interrupted is left RUNNING,
                 # so the heartbeat fails it and it is run again
+                if outage_since is None:
+                    tqdm.write(f"lost the study storage ({type(exc).__name__}); reconnecting", file=sys.stderr)
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > STORAGE_OUTAGE_LIMIT_S:
                     raise SearchFailing(
                         f"lost the study storage for over {STORAGE_OUTAGE_LIMIT_S} s: "
                         f"{scrub(str(exc).splitlines()[0], url)[:200]}"
                     ) from None
-                tqdm.write(f"lost the study storage ({type(exc).__name__}); reconnecting", file=sys.stderr)
                 time.sleep(2)
                 continue
             if outcome is not None:

@@ -186,6 +186,7 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, stu
     assert len(stale) == 1
     r = run_cli("run", "--study", str(study), "--trials", "1", *LONG, "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ""  # --quiet: not even Optuna's ExperimentalWarning about stale trials
     s = load(tmp_path)
     failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
     assert len(finished(s)) == 1 and [t.number for t in failed] == [stale[0].number]
@@ -348,7 +349,71 @@ def test_dashboard_serves_the_study_over_http_and_refuses_a_busy_port(tmp_path, 
         assert body is not None, "dashboard never answered"
         assert [s["study_name"] for s in body["study_summaries"]] == ["tiny"]
         busy = run_cli("dashboard", "--study", str(study), "--port", str(port), cwd=tmp_path)
-        assert_one_line_error(busy, f"127.0.0.1:{port}", "--port")
+        assert_one_line_error(busy, f"port {port} on 127.0.0.1 is in use", "--port")
+        proc.terminate()  # SIGTERM, as systemd or kill stop a dashboard: the documented 143
+        assert proc.wait(timeout=30) == 143
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("outcome", ["complete", "pruned", "failed"])
+def test_a_trial_releases_its_model_before_the_next_starts(study, monkeypatch, outcome):
+    """Weak references to the trial's model die once optimize() returns, with automatic garbage
+    collection off: nothing of a finished, pruned or failed trial (an OOM's activations neither) is
+    left holding memory for the next trial."""
+    import gc
+    import weakref
+
+    import boneage_core.train as train_mod
+    from search.objective import TRIAL_FAILURES, make_objective
+    from search.runner import StudyData
+    from search.specs import load_spec
+
+    refs = []
+    real_build = train_mod.build_model
+
+    def tracked_build(cfg):
+        model = real_build(cfg)
+        refs.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", tracked_build)
+    if outcome == "failed":
+        real_loss = train_mod.loss_fn
+        monkeypatch.setattr(train_mod, "loss_fn", lambda *a: real_loss(*a) * float("nan"))
+    spec = load_spec(str(study))
+    s = optuna.create_study(pruner=AlwaysPrune() if outcome == "pruned" else optuna.pruners.NopPruner())
+    objective = make_objective(spec, StudyData(spec, quiet=True), n_trials=5)
+    gc.disable()
+    try:
+        s.optimize(objective, n_trials=1, catch=TRIAL_FAILURES)
+        assert s.trials[0].state.name == outcome.upper().replace("FAILED", "FAIL")
+        assert len(refs) == 1 and refs[0]() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    "workers,visible,count,expected",
+    [
+        (2, None, 0, [None, None]),  # no GPU
+        (3, None, 1, [None, None, None]),  # one GPU: nothing to choose
+        (4, None, 2, ["0", "1", "0", "1"]),  # every device visible
+        (2, "2,3", 2, ["2", "3"]),  # the parent's set, not physical indices 0 and 1
+        (3, "1,2", 2, ["1", "2", "1"]),  # GPU 2 is used, GPU 1 not doubled up while 2 idles
+        (2, "GPU-8f2a,GPU-77c1", 2, ["GPU-8f2a", "GPU-77c1"]),  # UUIDs kept as given
+        (2, "MIG-aa/1/0, MIG-aa/2/0", 2, ["MIG-aa/1/0", "MIG-aa/2/0"]),
+        (2, "0,1,2", 2, ["0", "1"]),  # CUDA saw two of the three ids: only those
+    ],
+)
+def test_workers_take_the_parents_visible_gpus_in_turn(workers, visible, count, expected):
+    from search.runner import worker_devices
+
+    assert worker_devices(workers, visible, count) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import boneage_core.train as train_mod
 from boneage_core import BoneAgeError, TrainingDiverged
@@ -128,7 +129,41 @@ def test_interrupted_fit_resumes_from_its_checkpoint(small, tmp_path):
         )
 
 
+def test_a_finished_checkpoint_gives_back_its_predictions_and_a_truncated_one_is_retrained(small, tmp_path, caplog):
+    train, val = small
+    cfg = TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=2, batch_size=8, head_hidden=16)
+    ckpt = tmp_path / "run.pt"
+    first = fit(cfg, train, val, checkpoint=ckpt, eval_each_epoch=False, eval_without_bn_reestimation=True)
+    # the seed's own evaluation (running statistics from augmented batches) differs from the protocol's
+    assert not np.allclose(first.pred_months, first.pred_months_without_bn_reestimation, atol=0.1)
+    epochs = []
+    again = fit(cfg, train, val, on_epoch_end=lambda e, r: epochs.append(e), checkpoint=ckpt)
+    assert epochs == []  # nothing trained: the finished checkpoint holds its predictions
+    assert np.array_equal(again.pred_months, first.pred_months)
+    assert np.array_equal(again.pred_months_without_bn_reestimation, first.pred_months_without_bn_reestimation)
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])  # a copy cut short, a full disk
+    retrained = fit(cfg, train, val, on_epoch_end=lambda e, r: epochs.append(e), checkpoint=ckpt)
+    assert epochs == [1, 2] and "unreadable" in caplog.text
+    assert np.allclose(retrained.pred_months, first.pred_months, atol=1e-3)  # the same seed, trained again
+
+
 def test_batch_size_above_the_training_set_is_refused(small):
     train, val = small
     with pytest.raises(BoneAgeError, match="batch_size = 512 is above"):
         fit(TrainConfig(image_size=32, batch_size=512), train, val)
+
+
+@pytest.mark.parametrize(
+    "precision,device,capability,expected",
+    [
+        ("auto", "cpu", None, None),  # bf16 on a CPU without bf16 hardware is 2.5-3x slower
+        ("auto", "cuda", (9, 0), torch.bfloat16),  # H100/H200
+        ("auto", "cuda", (8, 0), torch.bfloat16),  # A100
+        ("auto", "cuda", (7, 0), torch.float16),  # V100 only emulates bf16
+        ("fp32", "cuda", (9, 0), None),
+        ("bf16", "cuda", (7, 5), torch.bfloat16),  # asked for explicitly
+        ("fp16", "cuda", (9, 0), torch.float16),
+    ],
+)
+def test_autocast_dtype_follows_the_hardware(precision, device, capability, expected):
+    assert train_mod.amp_dtype(precision, device, capability) == expected
