@@ -135,7 +135,7 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
     from search.storage import load_existing_study
 
     spec, url = _spec_and_url(args)
-    study = load_existing_study(spec.name, url)
+    study = load_existing_study(spec.name, url, read_only=True)
     check_settings(study, study_settings(spec, None), store=False)
     try:
         out = write_report(study, argv=argv)
@@ -150,7 +150,7 @@ def status(args: argparse.Namespace, argv: list[str]) -> int:
     from search.storage import load_existing_study
 
     spec, url = _spec_and_url(args)
-    print(status_text(load_existing_study(spec.name, url)))
+    print(status_text(load_existing_study(spec.name, url, read_only=True)))
     return 0
 
 

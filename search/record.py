@@ -17,6 +17,8 @@ import json
 import platform
 import shlex
 import subprocess
+import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from search.specs import StudySpec
 from search.storage import redact_argv
 
 SETTINGS_ATTR = "settings"
-COMMANDS_ATTR = "commands"
+COMMAND_PREFIX = "command:"
 
 
 def _learning_fields(cfg: TrainConfig, searched: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -93,8 +95,6 @@ def check_settings(
             f"study '{study.study_name}' was created with {field} = {_show(was)}, this command gives "
             f"{_show(now)}; drop the change, or start a new study with --set study.name=<new name>"
         )
-    if store and fingerprints[0] is None and fingerprints[1] is not None:  # made by a command that read no data
-        study.set_user_attr(SETTINGS_ATTR, {**stored, "data_fingerprint": fingerprints[1]})
 
 
 def _show(value: Any) -> str:
@@ -170,12 +170,15 @@ def provenance(argv: list[str], device: str, fingerprint: str | None, **extra: A
 
 
 def record_command(study: optuna.Study, entry: dict[str, Any]) -> None:
-    """Append a command's provenance to the study (read back by status and the report)."""
-    study.set_user_attr(COMMANDS_ATTR, [*study.user_attrs.get(COMMANDS_ATTR, []), entry])
+    """Add a command's provenance to the study (read back by status and the report). Each command is
+    its own attr, so commands on several machines at once never overwrite each other's record."""
+    study.set_user_attr(f"{COMMAND_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", entry)
 
 
 def recorded_commands(study: optuna.Study) -> list[dict[str, Any]]:
-    return list(study.user_attrs.get(COMMANDS_ATTR, []))
+    """Every recorded command, oldest first."""
+    attrs = study.user_attrs
+    return [attrs[k] for k in sorted(k for k in attrs if k.startswith(COMMAND_PREFIX))]
 
 
 def device_description(name: str) -> str:

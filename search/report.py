@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
+from search.files import write_atomic, write_bytes_atomic, write_json
 from search.record import command_line, describe_changes, recorded_commands
 
 NAMES = {"best": "best", "baseline": "seed recipe"}
@@ -333,12 +333,6 @@ def _png_renderer() -> str | None:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_retrain(out_dir: Path, study: optuna.Study) -> tuple[dict[str, Any], str | None]:
     """results/<study>/retrain.json when it belongs to this study's data, with a note when it was left out."""
     path = out_dir / "retrain.json"
@@ -360,19 +354,23 @@ def read_retrain(out_dir: Path, study: optuna.Study) -> tuple[dict[str, Any], st
 def write_report(study: optuna.Study, results_dir: Path = Path("results"), argv: list[str] | None = None) -> Path:
     out_dir = results_dir / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
+    write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
     retrained, retrain_note = read_retrain(out_dir, study)
     figs = {**_study_figures(study), **_test_figures(out_dir, retrained)}
     png_missing = _png_renderer()
+    if figs:
+        from plotly.offline import get_plotlyjs
+
+        write_atomic(out_dir / "plotly.min.js", get_plotlyjs())  # shared by every page, offline
     for name, fig in figs.items():
-        fig.write_html(out_dir / f"{name}.html", include_plotlyjs="directory")
+        write_atomic(out_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory"))
         if png_missing is None:
             try:
-                fig.write_image(out_dir / f"{name}.png", width=900, height=550)
+                write_bytes_atomic(out_dir / f"{name}.png", fig.to_image(format="png", width=900, height=550))
             except Exception as exc:  # kaleido without a Chromium
                 png_missing = f"PNG export failed ({type(exc).__name__}); install a Chromium for kaleido"
     links = "\n".join(f'<li><a href="{n}.html">{n.replace("_", " ")}</a></li>' for n in figs)
-    _write_atomic(
+    write_atomic(
         out_dir / "index.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
         f"<h1>Study {study.study_name}</h1><p><a href='summary.md'>summary.md</a> · "
@@ -381,19 +379,9 @@ def write_report(study: optuna.Study, results_dir: Path = Path("results"), argv:
     summary = summary_dict(study, retrained, png_missing, argv)
     if retrain_note:
         summary["retrain_note"] = retrain_note
-    _write_atomic(out_dir / "summary.json", json.dumps(_finite(summary), indent=2, default=str))
-    _write_atomic(out_dir / "summary.md", summary_markdown(summary, list(figs), png_missing))
+    write_json(out_dir / "summary.json", summary)
+    write_atomic(out_dir / "summary.md", summary_markdown(summary, list(figs), png_missing))
     return out_dir
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def summary_dict(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from boneage_core.metrics import (
     verdict,
 )
 from boneage_core.train import FitResult, Split, fit, predict_months
+from search.files import finite, write_atomic, write_json
 from search.record import config_changes
 from search.runner import StudyData
 from search.space import ParamSpec, config_from_params
@@ -107,15 +107,9 @@ def checkpoint_key(cfg: TrainConfig, fingerprint: str, trained: Split, scored: S
     return h.hexdigest()[:12]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a file
-
-
 def _write_predictions(path: Path, test: Split, pred: np.ndarray) -> None:
     frame = pd.DataFrame({"id": test.ids, "age_months": test.age_months, "male": test.male, "pred_months": pred})
-    _write_atomic(path, frame.round({"pred_months": 3}).to_csv(index=False))
+    write_atomic(path, frame.round({"pred_months": 3}).to_csv(index=False))
 
 
 def recipe_statistics(preds: np.ndarray, test: Split) -> dict[str, Any]:
@@ -223,7 +217,8 @@ def retrain(
     summary["best_minus_baseline"] = comparison(preds["best"], preds["baseline"], test)
     if tta:
         summary["best_minus_baseline_tta_flip"] = comparison(tta_preds["best"], tta_preds["baseline"], test)
-    _write_atomic(out_dir / "retrain.json", json.dumps(_finite(summary), indent=2))
+    summary = finite(summary)
+    write_json(out_dir / "retrain.json", summary)
     return summary
 
 
@@ -233,14 +228,3 @@ def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> dict[s
     d = paired_seed_aware_difference(best, seed_recipe, test.age_months)
     ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(seed_recipe.mean(0) - test.age_months))
     return {**d, "verdict": verdict(d), "ensembles": ens}
-
-
-def _finite(x: Any) -> Any:
-    """NaN (a metric of an empty group) as null: summary files stay strict JSON."""
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x

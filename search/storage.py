@@ -108,7 +108,12 @@ def check_url(url: str, create: bool = True) -> str:
             f"storage URL {redact(url)!r} is not valid: use sqlite:///path.db or postgresql://user@host/db"
         )
     path = sqlite_path(url)
-    if path is not None and create and str(path) not in ("", ":memory:"):
+    if path is not None and str(path) in ("", ".", ":memory:"):
+        raise BoneAgeError(
+            f"storage {redact(url)!r} keeps the study in memory, where it is lost when the command ends: "
+            "use a file, sqlite:///path.db"
+        )
+    if path is not None and create:
         parent = path.parent if path.parent != Path("") else Path(".")
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +123,30 @@ def check_url(url: str, create: bool = True) -> str:
         if not os.access(probe, os.W_OK):
             raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")
     return url
+
+
+# What a database says when retrying cannot help, and what to tell the user instead
+LASTING_STORAGE_FAULTS = (
+    ("disk is full", "no space left on the device holding the study storage {where}: free some space, then rerun"),
+    ("no space left", "no space left on the device holding the study storage {where}: free some space, then rerun"),
+    ("malformed", "the study storage {where} is corrupted (database disk image is malformed): restore a copy"),
+    ("not a database", "the study storage {where} is not a database file (corrupted or overwritten): restore a copy"),
+    ("readonly database", "the study storage {where} became read-only: check its permissions, then rerun"),
+    ("disk i/o error", "the disk holding the study storage {where} failed to read or write (disk I/O error)"),
+)
+
+
+def storage_fault(exc: BaseException, url: str | None) -> str | None:
+    """The one-line explanation of a storage error that a retry cannot fix, or None (an outage, or no
+    storage error at all). url None: the default storage, named by the command."""
+    seen, texts = 0, []
+    while exc is not None and seen < 20:
+        texts.append(str(exc).lower())
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    for needle, message in LASTING_STORAGE_FAULTS:
+        if any(needle in t for t in texts):
+            return message.format(where=redact(url) if url else "(studies/<study>.db)")
+    return None
 
 
 def with_driver(url: str) -> str:
@@ -131,14 +160,23 @@ def with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, heartbeat: tuple[int, int] | None = None, create: bool = True) -> RDBStorage:
+def open_storage(
+    url: str, heartbeat: tuple[int, int] | None = None, create: bool = True, read_only: bool = False
+) -> RDBStorage:
     """RDBStorage; with heartbeat=(interval_s, grace_s), a RUNNING trial silent for grace_s is failed and
-    re-enqueued (once or twice) by the next worker that looks. Without create, a sqlite file must exist."""
-    check_url(url, create)
+    re-enqueued (once or twice) by the next worker that looks. Without create, a sqlite file must exist;
+    read_only opens a sqlite file so that nothing can be written (a read-only copy of a study works)."""
+    check_url(url, create and not read_only)
     path = sqlite_path(url)
     if not create and path is not None and not path.is_file():
         raise BoneAgeError(f"no study storage at {path}: run `python -m search run` first, or pass --storage")
-    engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    driver_url = with_driver(url)
+    if path is not None:
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+        if read_only:
+            driver_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+            engine_kwargs["connect_args"]["uri"] = True
     try:
         with warnings.catch_warnings():
             # heartbeat and its retry callback are marked experimental; they are Optuna 5's documented way
@@ -151,8 +189,11 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = None, create: boo
                     grace_period=heartbeat[1],
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 )
-            return _rdb_storage_retrying(with_driver(url), engine_kwargs, kwargs)
+            return _rdb_storage_retrying(driver_url, engine_kwargs, kwargs)
     except Exception as exc:  # sqlalchemy raises driver-specific types
+        lasting = storage_fault(exc, url)
+        if lasting:
+            raise BoneAgeError(lasting) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BoneAgeError(f"cannot open study storage {redact(url)}: {scrub(reason, url)[:200]}") from None
 
@@ -186,12 +227,19 @@ def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts:
     raise AssertionError("unreachable")
 
 
-def load_existing_study(name: str, url: str) -> optuna.Study:
+def load_existing_study(name: str, url: str, read_only: bool = False) -> optuna.Study:
     """A study that must already exist (status, report, baseline, retrain): a missing storage or study
-    is one line, and no file or directory is created for it."""
-    storage = open_storage(url, create=False)
+    is one line, and no file or directory is created for it. read_only for commands that only read."""
+    import sqlalchemy.exc
+
+    storage = open_storage(url, create=False, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise BoneAgeError(
+            storage_fault(exc, url)
+            or f"cannot read study storage {redact(url)}: {scrub(str(exc).splitlines()[0], url)}"
+        ) from None
     except KeyError:
         names = sorted(s.study_name for s in storage.get_all_studies())
         held = f"it holds {', '.join(names)}" if names else "it holds no study"

@@ -133,7 +133,15 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path):
     assert arr.shape == (250, 64, 64) and (arr.reshape(250, -1).max(axis=1) > 0).all()
 
 
-def test_out_of_memory_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+    ],
+    ids=["out of memory", "cuda error"],
+)
+def test_a_device_error_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch, error):  # noqa: F811
     import boneage_core.train as train_mod
     from search.runner import run_study
     from search.specs import load_spec
@@ -144,7 +152,7 @@ def test_out_of_memory_fails_the_trial_with_its_reason_and_the_search_goes_on(tm
     def oom_once(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", oom_once)
@@ -152,7 +160,7 @@ def test_out_of_memory_fails_the_trial_with_its_reason_and_the_search_goes_on(tm
     out = run_study(load_spec(str(study)), f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=2, quiet=True)
     failed = [t for t in load(tmp_path).get_trials() if t.state == TrialState.FAIL]
     assert out.finished == 2 and len(failed) == 1
-    assert "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
+    assert type(error).__name__ in failed[0].user_attrs["fail_reason"]
 
 
 def _restart_postgres() -> None:
@@ -209,6 +217,7 @@ def test_dashboard_warns_when_bound_beyond_this_machine(monkeypatch, caplog, tmp
 
     served = {}
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.update(host=host))
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/x.db")
     with caplog.at_level(logging.WARNING):
         dashboard.serve(f"sqlite:///{tmp_path}/x.db", "0.0.0.0", 0)
     assert served["host"] == "0.0.0.0" and "anyone who can reach this address" in caplog.text
@@ -223,3 +232,113 @@ def test_unwritable_results_directory_is_one_line(tmp_path, study):  # noqa: F81
     (tmp_path / "results").write_text("a file where the results directory should be")
     assert_one_line_error(run_cli("report", "--study", str(study), cwd=tmp_path), "cannot write the report")
     assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db").trials) == 1
+
+
+def test_a_full_disk_under_the_study_stops_at_once_with_what_happened(tmp_path, study, monkeypatch, capsys):  # noqa: F811
+    """SQLite reports 'database or disk is full' on commit: no retry can fix it, so the run says so once
+    and stops (exit 1), instead of reconnecting for minutes; what was committed stays."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from search.runner import SearchFailing, run_study
+    from search.specs import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    run_study(load_spec(str(study)), url, n_trials=1, quiet=True)
+
+    def full(self, *args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(optuna.study.Study, "optimize", full)
+    with pytest.raises(SearchFailing, match="no space left on the device holding the study storage"):
+        run_study(load_spec(str(study)), url, n_trials=3, quiet=True)
+    assert "reconnecting" not in capsys.readouterr().err
+    assert len(finished(load(tmp_path))) == 1
+
+
+def test_a_corrupted_study_file_is_one_line(tmp_path, study, capsys):  # noqa: F811
+    from tests.conftest import run_main
+
+    db = tmp_path / "studies" / "tiny.db"
+    db.parent.mkdir()
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}")
+    data = bytearray(db.read_bytes())
+    data[100:4000] = b"\x5a" * 3900  # the header's tail and the schema page
+    db.write_bytes(bytes(data))
+    r = run_main("status", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "study storage", "corrupt")
+
+
+def test_status_and_report_read_a_read_only_copy_and_leave_it_untouched(tmp_path, study, monkeypatch, capsys):  # noqa: F811
+    from tests.conftest import run_main
+
+    assert run_cli("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path).returncode == 0
+    copy = tmp_path / "copy.db"
+    shutil.copy(tmp_path / "studies" / "tiny.db", copy)
+    copy.chmod(0o444)
+    before = copy.read_bytes()
+    # as a user who may not write the copy sees it (root may write anything, so say so for the test)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
+    for command in ("status", "report"):
+        r = run_main(command, "--study", str(study), "--storage", f"sqlite:///{copy}", cwd=tmp_path, capsys=capsys)
+        assert r.returncode == 0, r.stderr
+    assert copy.read_bytes() == before
+
+
+def test_an_unreadable_retrain_json_is_named_in_the_report_not_a_traceback(tmp_path, study):  # noqa: F811
+    assert run_cli("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path).returncode == 0
+    res = tmp_path / "results" / "tiny"
+    res.mkdir(parents=True)
+    (res / "retrain.json").write_text('{"study": "tiny", "recipes": {"best": {"mae": {"mea')  # cut short
+    r = run_cli("report", "--study", str(study), cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "retrain.json is unreadable" in (res / "summary.md").read_text()
+
+
+def test_a_pickle_as_weights_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    from boneage_core import BoneAgeError
+    from boneage_core.models import load_state_dict_file
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(BoneAgeError) as exc:
+        load_state_dict_file(path)
+    assert "not a plain state dict" in str(exc.value) and "\n" not in str(exc.value)
+    assert "weights_only=False" not in str(exc.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs, unmounted afterwards; skipped where this machine lets no one mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_is_one_line_that_says_so(tmp_path, study, tiny_disk):  # noqa: F811
+    url = f"sqlite:///{tiny_disk}/tiny.db"
+    r = run_cli("run", "--study", str(study), "--storage", url, "--trials", "1", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    free = shutil.disk_usage(tiny_disk).free
+    (tiny_disk / "filler").write_bytes(b"\0" * max(0, free - 8192))  # leave a few pages
+    r = run_cli("run", "--study", str(study), "--storage", url, "--trials", "30", "--quiet", cwd=tmp_path, timeout=240)
+    assert r.returncode in (1, 2), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "no space left" in r.stderr
+    assert r.stderr.count("reconnecting") <= 1
+    (tiny_disk / "filler").unlink()
+    s = load(tmp_path, url)  # what was committed is intact and readable
+    assert len(finished(s)) >= 1
