@@ -79,7 +79,8 @@ def get_args_parser() -> Parser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a study field, repeatable (e.g. --set train.epochs=3)",
+        help="override a study field, repeatable (e.g. --set train.epochs=3); an existing study refuses "
+        "changes to its data, fixed training fields, seed recipe and space",
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -109,9 +110,11 @@ def get_args_parser() -> Parser:
         default=3,
         help="seeds per recipe (default 3); the verdict needs 2 or more, since it resamples seeds",
     )
-    rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging")
+    rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging (both recipes)")
     sub.add_parser("report", parents=[common], help="summary, trials.csv and figures into results/<study>/")
-    sub.add_parser("status", parents=[common], help="trials by state, best so far, baseline, time spent")
+    sub.add_parser(
+        "status", parents=[common], help="trials by state, best so far, the seed recipe, the final test, time spent"
+    )
     dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the study storage")
     dash.add_argument("--port", type=port_int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")

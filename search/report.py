@@ -205,14 +205,26 @@ def _study_figures(study: optuna.Study) -> dict[str, Any]:
     history = vis.plot_optimization_history(study, target_name="val MAE (months)")
     history.update_yaxes(type="log", title="val MAE (months, log scale)")  # one diverged trial flattens the rest
     base = study.user_attrs.get("baseline")
-    if base:
+    if base:  # traces, not shapes: shapes on a log axis take log10 units, and renderers disagree on them
         per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
-        history.add_hrect(y0=min(per_seed), y1=max(per_seed), fillcolor=COLOURS["baseline"], opacity=0.15, line_width=0)
-        history.add_hline(
-            y=base["val_mae_months"],
-            line_dash="dash",
-            line_color=COLOURS["baseline"],
-            annotation_text=f"seed recipe {base['val_mae_months']:.1f}: mean of {len(per_seed)} seeds, band: range",
+        n = len(study.get_trials(deepcopy=False))
+        x = [-0.5, n - 0.5]
+        band = dict(mode="lines", line=dict(width=0, color=COLOURS["baseline"]), hoverinfo="skip")
+        history.add_scatter(x=x, y=[min(per_seed)] * 2, showlegend=False, **band)
+        history.add_scatter(
+            x=x,
+            y=[max(per_seed)] * 2,
+            fill="tonexty",
+            fillcolor="rgba(230, 159, 0, 0.25)",
+            name=f"seed recipe: range of {len(per_seed)} seeds",
+            **band,
+        )
+        history.add_scatter(
+            x=x,
+            y=[base["val_mae_months"]] * 2,
+            mode="lines",
+            line=dict(dash="dash", color=COLOURS["baseline"]),
+            name=f"seed recipe: mean {base['val_mae_months']:.2f}",
         )
     figs["optimization_history"] = history
     figs["intermediate_values"] = vis.plot_intermediate_values(study)
@@ -258,7 +270,11 @@ def _test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
             (bias - half, "dot", "-1.96 SD"),
         ):
             bland.add_hline(
-                y=y, line_dash=dash, line_color=COLOURS[name], annotation_text=f"{NAMES[name]} {text} {y:+.1f}"
+                y=y,
+                line_dash=dash,
+                line_color=COLOURS[name],
+                annotation_text=f"{NAMES[name]} {text} {y:+.1f}",
+                annotation_position="top left" if name == "best" else "top right",  # labels never overlap
             )
     hi = float(true.max()) * 1.05
     scatter.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="identity", line=dict(color="gray", dash="dash"))
