@@ -167,3 +167,21 @@ def test_batch_size_above_the_training_set_is_refused(small):
 )
 def test_autocast_dtype_follows_the_hardware(precision, device, capability, expected):
     assert train_mod.amp_dtype(precision, device, capability) == expected
+
+
+def test_devices_resolve_with_their_index_so_tensors_compare_equal(monkeypatch):
+    """Tensors on a GPU report cuda:0, never bare cuda; a device resolved without its index compared
+    unequal, and resident images were then treated as host memory and pinned (a crash on CUDA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert train_mod.resolve_device("cuda") == torch.device("cuda:0")
+    assert train_mod.resolve_device("auto") == torch.device("cuda:0")
+    assert train_mod.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert torch.device("cuda") != torch.device("cuda:0")  # why the index matters
+    with pytest.raises(BoneAgeError, match="only 2 CUDA device"):
+        train_mod.resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_mod.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(BoneAgeError, match="no CUDA device"):
+        train_mod.resolve_device("cuda")
