@@ -13,6 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber")
 SCHEDULES = ("none", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PLACEMENTS = ("auto", "device", "host")
 MIN_IMAGE_SIZE_PX = 32  # ResNet-50 and most timm nets downsample by 32: smaller gives empty feature maps
 
 
@@ -37,6 +38,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     precision: str = "auto"  # auto: bf16 autocast on CUDA with compute capability 8+, fp16 below, fp32 on CPU
     tta_flip: bool = False  # average predictions over a horizontal flip at evaluation
+    data_placement: str = "auto"  # images on the GPU ("device"), streamed from pinned memory ("host"), or auto
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +67,7 @@ SEED_RECIPE = TrainConfig(
 )
 # Fields that say where and how fast a run goes, not what it learns: free to differ between the
 # commands of one study.
-RUNTIME_FIELDS = ("device",)
+RUNTIME_FIELDS = ("device", "data_placement")
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
 
@@ -140,6 +142,7 @@ def check_config(cfg: TrainConfig) -> None:
         ("loss", LOSSES),
         ("schedule", SCHEDULES),
         ("precision", PRECISIONS),
+        ("data_placement", PLACEMENTS),
     ):
         if getattr(cfg, field) not in allowed:
             raise bad(field, f"choose one of {', '.join(allowed)}")

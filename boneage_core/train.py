@@ -133,21 +133,43 @@ def training_batches(
     """One epoch of (index, augmented standardized batch) in a seeded random order: the whole data path.
 
     images live on the device when they fit there (a batch is then an index plus tensor ops on the
-    device); otherwise in pinned host memory, gathered per batch and copied without blocking."""
+    device); otherwise in pinned host memory (see place_images), streamed by _host_batches."""
     order = torch.randperm(len(images), generator=generator)
-    on_device = images.device == device
-    if on_device:
-        order = order.to(device)
     n = len(order) // batch_size * batch_size if drop_last else len(order)  # batch norm needs company
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        batch = images[idx]
-        if not on_device:
-            pinnable = device.type == "cuda" and batch.device.type == "cpu"  # only host memory can be pinned
-            batch = batch.pin_memory().to(device, non_blocking=True) if pinnable else batch.to(device)
-            idx = idx.to(device, non_blocking=True)
+    if images.device == device:
+        order = order.to(device)
+        batches = ((order[i : i + batch_size], images[order[i : i + batch_size]]) for i in range(0, n, batch_size))
+    else:
+        batches = _host_batches(images, order[:n], batch_size, device)
+    for idx, batch in batches:
         x = augmented_batch(batch.unsqueeze(1), aug_strength, generator, intensity=aug_intensity)
         yield idx, x.contiguous(memory_format=torch.channels_last)
+
+
+def _host_batches(images: torch.Tensor, order: torch.Tensor, batch_size: int, device: torch.device):
+    """(index, batch) on the device from images in host memory. On CUDA each batch is gathered into one
+    of two pinned buffers and copied without blocking, so gathering the next batch overlaps the GPU's
+    work on this one; a buffer is refilled only after its last copy has finished. (images[idx] itself
+    would be pageable memory, whose copy blocks.)"""
+    if device.type != "cuda":
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            yield idx.to(device), images[idx].to(device)
+        return
+    order = order.pin_memory()  # slices of a pinned tensor are pinned
+    buffers = [torch.empty((batch_size, *images.shape[1:]), dtype=images.dtype).pin_memory() for _ in range(2)]
+    copied: list[torch.cuda.Event | None] = [None, None]
+    for k, i in enumerate(range(0, len(order), batch_size)):
+        idx = order[i : i + batch_size]
+        slot = k % 2
+        if copied[slot] is not None:
+            copied[slot].synchronize()
+        buffer = buffers[slot][: len(idx)]
+        torch.index_select(images, 0, idx, out=buffer)
+        batch = buffer.to(device, non_blocking=True)
+        copied[slot] = torch.cuda.Event()
+        copied[slot].record()
+        yield idx.to(device, non_blocking=True), batch
 
 
 def train_one_epoch(
@@ -222,24 +244,45 @@ def _plain_batch(images: torch.Tensor, start: int, stop: int, device: torch.devi
     return normalize(batch.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
 
 
-def fits_on_device(nbytes: int, device: torch.device) -> bool:
-    """Whether a uint8 image array can live on the device beside the model: at most half the free
-    memory, so activations keep room. (A CPU device holds everything in memory anyway.)"""
+ACTIVATION_BYTES_PER_PIXEL = 4000  # ResNet-50 training, per image pixel, fp32 with margin (bf16 needs about half)
+MODEL_BYTES_PER_PARAMETER = 16  # weight, gradient and two Adam moments, fp32
+
+
+def images_fit_on_device(
+    image_bytes: int, free_bytes: int, own_cached_bytes: int, model_bytes: int, activation_bytes: int, share: float
+) -> bool:
+    """Whether every split's images can live on the GPU. The budget is what this process may use of
+    the device: the free memory plus the blocks its own allocator holds but no tensor uses, less the
+    model with its optimizer state and a batch's activations, times its share of the device (K workers
+    on one GPU each get 1/K, so they cannot all claim the same memory at once), with 10% to spare."""
+    budget = (free_bytes + own_cached_bytes - model_bytes - activation_bytes) * share * 0.9
+    return image_bytes <= budget
+
+
+def place_images(
+    cfg: TrainConfig, splits: list[Split], model: torch.nn.Module, device: torch.device, share: float
+) -> str:
+    """'device' or 'host', decided once for all splits of a fit: data_placement forces one."""
     if device.type != "cuda":
-        return True
+        return "device"  # a CPU holds everything in its memory anyway
+    if cfg.data_placement != "auto":
+        return cfg.data_placement
     free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= free // 2
+    own_cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    model_bytes = sum(p.numel() for p in model.parameters()) * MODEL_BYTES_PER_PARAMETER
+    activations = cfg.batch_size * cfg.image_size**2 * ACTIVATION_BYTES_PER_PIXEL
+    image_bytes = sum(s.images.nbytes for s in splits)
+    fits = images_fit_on_device(image_bytes, free, own_cached, model_bytes, activations, share)
+    if not fits:
+        log.info("%.1f GB of images do not fit on %s: streaming them from pinned memory", image_bytes / 1e9, device)
+    return "device" if fits else "host"
 
 
-def _to_device(split: Split, device: torch.device):
-    """The split's images on the device when they fit, else in pinned host memory (batches are then
-    copied without blocking); sex always on the device."""
+def _to_device(split: Split, device: torch.device, placement: str = "device"):
+    """The split's images on the device, or in pinned host memory (placement 'host'); sex always on
+    the device."""
     images = torch.from_numpy(np.ascontiguousarray(split.images))
-    if fits_on_device(images.numel(), device):
-        images = images.to(device)
-    elif device.type == "cuda":
-        log.info("%.1f GB of images do not fit on %s: streaming them from pinned memory", images.numel() / 1e9, device)
-        images = images.pin_memory()
+    images = images.to(device) if placement == "device" else images.pin_memory()
     male = torch.from_numpy(np.array(split.male, dtype=bool)).to(device)
     return images, male
 
@@ -292,6 +335,7 @@ def fit(
     quiet: bool = True,
     eval_each_epoch: bool = True,
     eval_without_bn_reestimation: bool = False,
+    memory_share: float = 1.0,
 ) -> FitResult:
     """Train cfg on train, evaluate MAE in months on val after every epoch (or only after the last,
     when val is a test set that must not be looked at along the way).
@@ -300,6 +344,7 @@ def fit(
     recalibrate_batchnorm); eval_without_bn_reestimation also keeps the last epoch's predictions
     without that step. With checkpoint, every epoch is saved there and a rerun with the same config
     resumes after the last saved epoch; a finished checkpoint gives back its predictions.
+    memory_share: the part of the GPU's memory this process may plan for (1/K for K workers on it).
     """
     check_config(cfg)
     if cfg.batch_size > len(train):
@@ -317,9 +362,10 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
 
     mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months)) or 1.0
-    tr_images, tr_male = _to_device(train, device)
+    placement = place_images(cfg, [train, val], model, device, memory_share)
+    tr_images, tr_male = _to_device(train, device, placement)
     tr_targets = torch.from_numpy((np.asarray(train.age_months, np.float32) - mean) / std).to(device)
-    va_images, va_male = _to_device(val, device)
+    va_images, va_male = _to_device(val, device, placement)
 
     result = FitResult()
     ckpt = Path(checkpoint) if checkpoint else None
@@ -378,5 +424,5 @@ def fit(
 def predict_months(result: FitResult, split: Split, cfg: TrainConfig) -> np.ndarray:
     """Predictions in months of a fitted model on any split (cfg.tta_flip decides on flip averaging)."""
     device = next(result.model.parameters()).device
-    images, male = _to_device(split, device)
+    images, male = _to_device(split, device, place_images(cfg, [split], result.model, device, 1.0))
     return (evaluate(result.model, images, male, cfg) * result.target_std + result.target_mean).cpu().numpy()

@@ -36,7 +36,11 @@ class BudgetReached(Exception):
     """Another worker took the last trial of the budget between our check and our ask."""
 
 
-def make_objective(spec: StudySpec, data: StudyData, n_trials: int) -> Callable[[optuna.Trial], float]:
+def make_objective(
+    spec: StudySpec, data: StudyData, n_trials: int, memory_share: float = 1.0
+) -> Callable[[optuna.Trial], float]:
+    """memory_share: the part of its GPU's memory this process may plan for (1/K for K workers on it)."""
+
     def objective(trial: optuna.Trial) -> float:
         earlier = trial.study.get_trials(deepcopy=False, states=CLAIMED)
         if sum(t.number < trial.number for t in earlier) >= n_trials:
@@ -48,7 +52,9 @@ def make_objective(spec: StudySpec, data: StudyData, n_trials: int) -> Callable[
             trial.set_user_attr("config", cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-            metrics = fit(cfg, train, val, _reporter(trial, start)).metrics  # the model goes with the result
+            metrics = fit(
+                cfg, train, val, _reporter(trial, start), memory_share=memory_share
+            ).metrics  # the model goes with the result
         except TRIAL_FAILURES as exc:  # the reason is stored with the trial and printed by the runner
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             release(exc)

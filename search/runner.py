@@ -33,6 +33,7 @@ STORAGE_ERRORS = (
 STORAGE_OUTAGE_LIMIT_S = 180
 WORKER_ENV = "BONEAGE_WORKER_INDEX"  # set in the worker processes that `run --workers K` starts
 WORKERS_ENV = "BONEAGE_WORKERS"
+SHARE_ENV = "BONEAGE_GPU_SHARE"  # the part of its GPU's memory a worker may plan for
 
 
 @dataclass
@@ -218,15 +219,26 @@ def worker_devices(workers: int, visible: str | None, count: int) -> list[str | 
     return [ids[i % len(ids)] for i in range(workers)]
 
 
+def device_shares(devices: list[str | None]) -> list[float]:
+    """Each process's share of its GPU's memory: 1/n for the n processes that use the same device (all
+    of them when there is one GPU or none to choose)."""
+    if devices[0] is None:
+        return [1 / len(devices)] * len(devices)
+    return [1 / devices.count(d) for d in devices]
+
+
 def _spawn_workers(k: int, argv: list[str]) -> list[subprocess.Popen]:
-    """k extra worker processes running the same command; one GPU each when several are visible."""
+    """k extra worker processes running the same command; one GPU each when several are visible, and
+    each told its share of its GPU's memory. This process is worker 0."""
     devices = worker_devices(k + 1, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+    shares = device_shares(devices)
+    os.environ[SHARE_ENV] = str(shares[0])
     if devices[0] is not None:
         mapping = ", ".join(f"worker {i}: {d}" for i, d in enumerate(devices))
         tqdm.write(f"GPUs (CUDA_VISIBLE_DEVICES): {mapping}", file=sys.stderr)
     procs = []
     for i in range(1, k + 1):
-        env = dict(os.environ, **{WORKER_ENV: str(i), WORKERS_ENV: str(k + 1)})
+        env = dict(os.environ, **{WORKER_ENV: str(i), WORKERS_ENV: str(k + 1), SHARE_ENV: str(shares[i])})
         if devices[i] is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices[i]
         procs.append(subprocess.Popen([sys.executable, "-m", "search", *argv, "--workers", "1", "--quiet"], env=env))
@@ -264,7 +276,7 @@ def run_study(
     # reseed the sampler past what the study holds, distinct per worker
     study.sampler = make_sampler(spec, offset=len(study.get_trials(deepcopy=False)) + 7919 * worker_index)
     extra = _spawn_workers(workers - 1, worker_argv or []) if workers > 1 and worker_index == 0 else []
-    objective = make_objective(spec, data, n_trials)
+    objective = make_objective(spec, data, n_trials, float(os.environ.get(SHARE_ENV, "1")))
     start = time.monotonic()
     c = counts(study)
     bar = tqdm(

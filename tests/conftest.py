@@ -1,10 +1,18 @@
-"""Shared fixtures: a private cache dir per test, and small RSNA-layout directories made on the fly."""
+"""Shared fixtures: a private cache dir per test, and small RSNA-layout directories made on the fly.
+
+The suite means the CPU: it hides every GPU from itself and from the commands it starts (before torch
+first looks), so its results, bitwise repeats included, are the same on a GPU machine. The GPU path
+is checked by scripts/gpu_smoke.py.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import functools  # noqa: E402
+import logging  # noqa: E402
 import signal
 import subprocess
 import sys

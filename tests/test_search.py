@@ -417,3 +417,11 @@ def test_workers_take_the_parents_visible_gpus_in_turn(workers, visible, count, 
     from search.runner import worker_devices
 
     assert worker_devices(workers, visible, count) == expected
+
+
+def test_workers_on_one_gpu_split_its_memory_and_workers_on_their_own_gpus_do_not():
+    from search.runner import device_shares
+
+    assert device_shares([None, None, None]) == [1 / 3] * 3  # one GPU (or none): all share it
+    assert device_shares(["0", "1"]) == [1.0, 1.0]
+    assert device_shares(["0", "1", "0"]) == [0.5, 1.0, 0.5]

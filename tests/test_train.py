@@ -8,7 +8,7 @@ import torch
 
 import boneage_core.train as train_mod
 from boneage_core import BoneAgeError, TrainingDiverged
-from boneage_core.config import TrainConfig
+from boneage_core.config import TrainConfig, make_config
 from boneage_core.data import load_table
 from boneage_core.dataset import prepare
 from boneage_core.phantom import (
@@ -185,3 +185,21 @@ def test_devices_resolve_with_their_index_so_tensors_compare_equal(monkeypatch):
     assert train_mod.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(BoneAgeError, match="no CUDA device"):
         train_mod.resolve_device("cuda")
+
+
+def test_images_go_to_the_gpu_only_within_this_processs_share_of_its_memory():
+    gib = 2**30
+    fit = train_mod.images_fit_on_device
+    # 10 GiB free, a 0.4 GiB model with Adam state, 2 GiB of activations: about 6.8 GiB of room
+    assert fit(6 * gib, 10 * gib, 0, int(0.4 * gib), 2 * gib, share=1.0)
+    assert not fit(6 * gib, 10 * gib, 0, int(0.4 * gib), 2 * gib, share=0.5)  # two workers on this GPU
+    assert fit(6 * gib, 8 * gib, 2 * gib, int(0.4 * gib), 2 * gib, share=1.0)  # its own cached blocks count as room
+    assert not fit(8 * gib, 10 * gib, 0, int(0.4 * gib), 2 * gib, share=1.0)  # the splits count together
+
+
+def test_data_placement_can_be_forced_and_a_cpu_always_holds_the_data():
+    cfg = TrainConfig(data_placement="host")
+    assert train_mod.place_images(cfg, [], None, torch.device("cuda", 0), 1.0) == "host"  # decided before CUDA is asked
+    assert train_mod.place_images(TrainConfig(), [], None, torch.device("cpu"), 0.5) == "device"
+    with pytest.raises(BoneAgeError, match="data_placement"):
+        make_config({"data_placement": "gpu"})
