@@ -147,15 +147,10 @@ def training_batches(
 
 
 def _host_batches(images: torch.Tensor, order: torch.Tensor, batch_size: int, device: torch.device):
-    """(index, batch) on the device from images in host memory. On CUDA each batch is gathered into one
+    """(index, batch) on a CUDA device from images in pinned host memory. Each batch is gathered into one
     of two pinned buffers and copied without blocking, so gathering the next batch overlaps the GPU's
     work on this one; a buffer is refilled only after its last copy has finished. (images[idx] itself
     would be pageable memory, whose copy blocks.)"""
-    if device.type != "cuda":
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            yield idx.to(device), images[idx].to(device)
-        return
     order = order.pin_memory()  # slices of a pinned tensor are pinned
     buffers = [torch.empty((batch_size, *images.shape[1:]), dtype=images.dtype).pin_memory() for _ in range(2)]
     copied: list[torch.cuda.Event | None] = [None, None]
@@ -416,7 +411,8 @@ def fit(
             on_epoch_end(epoch + 1, row)
     if result.pred_months is None:  # resumed after the last epoch from an older checkpoint: evaluate once
         result.pred_months = _predict(model, va_images, va_male, cfg, mean, std)
-    result.metrics = regression_metrics(result.pred_months, val.age_months, val.male)
+    if not result.metrics:  # resumed from a finished checkpoint, whose predictions it holds
+        result.metrics = regression_metrics(result.pred_months, val.age_months, val.male)
     result.model, result.target_mean, result.target_std = model, mean, std
     return result
 

@@ -92,10 +92,8 @@ def _is_recipe_override(item: str) -> bool:
 def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     """--set train.* and --set baseline.* are deliberate changes for this retrain (to the best recipe
     and to the seed recipe), recorded and shown; every other setting must match the study's."""
-    from search.record import check_settings, device_description, provenance, record_command, study_settings
     from search.report import retrain_lines
     from search.retrain import retrain as run_retrain
-    from search.runner import StudyData
     from search.specs import apply_overrides
     from search.storage import load_existing_study
 
@@ -103,26 +101,15 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     spec = load_spec(args.study, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
     url = args.storage or default_storage_url(spec.name)
     changes = apply_overrides({}, deliberate)
-    study = load_existing_study(spec.name, url)
-    data = StudyData(spec, args.quiet, splits=("train", "val", "test"))
-    check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
-    entry = provenance(argv, device_description(spec.train.device), data.fingerprint())
-    record_command(study, entry)
     out = run_retrain(
         spec,
-        study,
+        load_existing_study(spec.name, url),
         seeds=args.seeds,
         tta=args.tta,
         train_overrides=changes.get("train", {}),
         baseline_overrides=changes.get("baseline", {}),
         quiet=args.quiet,
-        data=data,
-        command=entry,
-    )
-    study.set_user_attr(
-        "retrain",
-        {k: v for k, v in out.items() if k != "recipes"}
-        | {"recipes": {n: {"mae": r["mae"], "config": r["config"]} for n, r in out["recipes"].items()}},
+        argv=argv,
     )
     print("\n".join(retrain_lines(out)))
     print(f"written to results/{spec.name}/")

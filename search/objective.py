@@ -55,11 +55,9 @@ def make_objective(
             metrics = fit(
                 cfg, train, val, _reporter(trial, start), memory_share=memory_share
             ).metrics  # the model goes with the result
-        except TRIAL_FAILURES as exc:  # the reason is stored with the trial and printed by the runner
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
-            release(exc)
-            raise
-        except BaseException as exc:  # pruned, interrupted
+        except BaseException as exc:  # failed, pruned or interrupted
+            if isinstance(exc, TRIAL_FAILURES):  # the reason is stored with the trial, printed by the runner
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             release(exc)
             raise
         finally:

@@ -436,10 +436,6 @@ def summary_dict(
     return out
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
-
-
 def summary_markdown(s: dict[str, Any], figures: list[str], png_missing: str | None) -> str:
     t = s["trials"]
     target = f" (target {s['target_trials']})" if s.get("target_trials") else ""
@@ -473,14 +469,14 @@ def _val_section(s: dict[str, Any]) -> list[str]:
         per_seed = base["val_mae_per_seed"]
         what = "modified seed recipe" if base.get("modified") else "seed recipe"
         lines += [
-            f"| mean predictor (training mean for everyone) | {_fmt(base.get('mean_predictor_val_mae_months'))} |"
+            f"| mean predictor (training mean for everyone) | {_pm(base.get('mean_predictor_val_mae_months'), None)} |"
         ]
         lines += [f"| {what}, seed {k} | {v:.2f} |" for k, v in enumerate(per_seed)]
         lines += [
             f"| {what}, mean ± SD over {len(per_seed)} seeds | {_pm(base['val_mae_months'], base.get('val_mae_sd'))} |"
         ]
     if "best" in s:
-        lines += [f"| best trial ({s['best']['trial']}), one seed | {_fmt(s['best']['val_mae_months'])} |"]
+        lines += [f"| best trial ({s['best']['trial']}), one seed | {_pm(s['best']['val_mae_months'], None)} |"]
     if s.get("noise_floor_val_mae_months"):
         lines += [f"| label noise floor (phantom: no model can expect less) | {s['noise_floor_val_mae_months']:.2f} |"]
     lines.append("")

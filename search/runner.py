@@ -210,10 +210,8 @@ def worker_devices(workers: int, visible: str | None, count: int) -> list[str | 
     i-th of the devices this process may use, in its own notation (an index, a GPU UUID or a MIG id),
     round robin; None where there is nothing to choose (no GPU, or one). This process keeps its own
     first device (cuda:0 within its set), so it is listed but not changed."""
-    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else []
-    if visible is None:
-        ids = [str(k) for k in range(count)]
-    ids = ids[:count] if count else []
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else list(map(str, range(count)))
+    ids = ids[:count]  # CUDA takes the first `count` ids it could use
     if len(ids) < 2:
         return [None] * workers
     return [ids[i % len(ids)] for i in range(workers)]

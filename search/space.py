@@ -3,7 +3,6 @@ trial.suggest_*, so the search and the retrain of its best trial read parameters
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +85,3 @@ def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: dict
 def config_from_params(params: dict[str, Any], base: TrainConfig, space: dict[str, ParamSpec]) -> TrainConfig:
     """The config a finished trial trained, rebuilt through suggest_config on a FixedTrial."""
     return suggest_config(optuna.trial.FixedTrial(params), base, space)
-
-
-def space_signature(space: dict[str, ParamSpec]) -> dict[str, Any]:
-    """A JSON-able description stored with the study, to notice a TOML whose space has changed."""
-    return {
-        name: {k: v for k, v in dataclasses.asdict(p).items() if v not in (None, (), False)}
-        for name, p in space.items()
-    }

@@ -51,8 +51,7 @@ def test_quick_bench_writes_every_benchmark_with_target_and_figures(tmp_path):
     assert "sqlite" in st["cpu_bound_speedup_2w"]
 
     gpu = report["sections"]["gpu_throughput"]
-    if not torch.cuda.is_available():
-        assert gpu["skipped"] and gpu["met"] is None
+    assert gpu["skipped"] and gpu["met"] is None  # the suite hides every GPU (conftest)
 
     md = (tmp_path / "out" / "bench.md").read_text()
     assert md == render_markdown(report)
@@ -96,8 +95,5 @@ def test_bench_bad_input_is_one_line(tmp_path, args, fragments):
     assert_one_line_error(run_cli("bench", "--quick", *args, cwd=tmp_path), *fragments)
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(), reason="needs a machine without a CUDA device: on this one --device cuda is valid"
-)
-def test_bench_on_cuda_without_a_gpu_is_one_line(tmp_path):
+def test_bench_on_cuda_without_a_gpu_is_one_line(tmp_path):  # the suite hides every GPU (conftest)
     assert_one_line_error(run_cli("bench", "--quick", "--device", "cuda", cwd=tmp_path), "cuda")
