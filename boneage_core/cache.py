@@ -8,6 +8,7 @@ temporary file renamed into place, so a killed build never leaves a cache that l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,6 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from boneage_core.data import table_fingerprint
 from boneage_core.errors import BoneAgeError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,15 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         (size, size), Image.Resampling.BOX if side >= 2 * size else Image.Resampling.BILINEAR
     )
     return np.clip(np.asarray(small) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """Hash of ids and image files (size, mtime): a changed or added image changes it."""
+    h = hashlib.sha256()
+    for case_id, path in zip(table["id"], table["path"], strict=True):
+        st = os.stat(path)
+        h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def cache_path(table: pd.DataFrame, size: int, cache_dir: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 # Age brackets in months, chosen to follow the usual paediatric stages (infant .. late adolescent).
 AGE_BRACKETS_MONTHS = ((0, 24), (24, 72), (72, 120), (120, 168), (168, 300))
@@ -38,20 +39,24 @@ def regression_metrics(
     return out
 
 
-def mae_months(pred_months: np.ndarray, true_months: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(pred_months, float) - np.asarray(true_months, float))))
+def _image_bootstrap(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, np.ndarray]:
+    """scipy's percentile bootstrap of the mean of per-image values: CI and the resampled means."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError("bootstrap needs a non-empty 1-D array")
+    if np.all(values == values[0]):  # no spread: scipy would warn about a degenerate distribution
+        return float(values[0]), float(values[0]), np.full(n_boot, values[0])
+    res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile", rng=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), res.bootstrap_distribution
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-image values (absolute errors, or paired differences
     of absolute errors): images are resampled with replacement, n_boot times. It sees only the test
-    set's size; for recipes trained with several seeds use seed_aware_mae or paired_seed_aware_difference."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or len(values) == 0:
-        raise ValueError("bootstrap needs a non-empty 1-D array")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    return _percentiles(means, level)
+    set's size; for recipes trained with several seeds use seed_aware_mae or
+    paired_seed_aware_difference, which resample the seeds too."""
+    lo, hi, _ = _image_bootstrap(values, n_boot, level, seed)
+    return lo, hi
 
 
 def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
@@ -132,11 +137,10 @@ def paired_seed_aware_difference(
 
 def paired_mae_difference(abs_err_a: np.ndarray, abs_err_b: np.ndarray, seed: int = 0) -> dict[str, float]:
     """MAE(a) - MAE(b) from per-image absolute errors of one prediction each (for example two seed
-    ensembles) on the same images, with a paired bootstrap CI over images: negative means a is better."""
+    ensembles) on the same images, with a paired bootstrap CI over images: negative means a is better.
+    p_a_not_better is the share of the resampled differences that are not below zero."""
     diff = np.asarray(abs_err_a, float) - np.asarray(abs_err_b, float)
-    rng = np.random.default_rng(seed)
-    draws = diff[rng.integers(0, len(diff), size=(2000, len(diff)))].mean(axis=1)
-    lo, hi = _percentiles(draws, 0.95)
+    lo, hi, draws = _image_bootstrap(diff, 2000, 0.95, seed)
     return {
         "mae_diff_months": float(diff.mean()),
         "ci_low": lo,

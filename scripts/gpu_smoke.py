@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from boneage_core.config import TrainConfig  # noqa: E402
-from boneage_core.dataset import prepare  # noqa: E402
+from boneage_core.dataset import DataSettings, SplitsBySize, prepare  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
 
 OUT = REPO / "results" / "gpu-smoke"
@@ -60,7 +60,7 @@ def bench(quick: bool) -> dict:
 
 
 def data(px: int = 128):
-    p = prepare("phantom", px, seed=0, phantom_n=600, splits=("train", "val"))
+    p = prepare(DataSettings(phantom_n=600), px, splits=("train", "val"))
     return p.split("train"), p.split("val")
 
 
@@ -95,11 +95,10 @@ def oom_releases_memory() -> dict:
 
     import boneage_core.train as train_mod
     from search.objective import TRIAL_FAILURES, make_objective
-    from search.runner import StudyData
     from search.specs import load_spec
 
     spec = load_spec("demo", ["data.image_size=128", "train.epochs=1", "train.device=cuda"])
-    study_data = StudyData(spec, quiet=True)
+    study_data = SplitsBySize(spec.data, quiet=True)
     study_data.split(128, "train"), study_data.split(128, "val")
     real = train_mod.train_one_epoch
 
@@ -113,7 +112,7 @@ def oom_releases_memory() -> dict:
     train_mod.train_one_epoch = greedy
     try:
         study = optuna.create_study()
-        study.optimize(make_objective(spec, study_data, 5), n_trials=1, catch=TRIAL_FAILURES)
+        study.optimize(make_objective(spec, study_data), n_trials=1, catch=TRIAL_FAILURES)
     finally:
         train_mod.train_one_epoch = real
     torch.cuda.synchronize()
@@ -128,7 +127,7 @@ def oom_releases_memory() -> dict:
 
 
 def worker_mapping() -> dict:
-    from search.runner import worker_devices
+    from search.workers import worker_devices
 
     count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

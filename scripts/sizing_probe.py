@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from boneage_core.config import SEED_RECIPE, TrainConfig
-from boneage_core.dataset import prepare
+from boneage_core.dataset import DataSettings, prepare
 from boneage_core.train import fit
 
 # The seed recipe exactly as studies define it (from scratch: no ImageNet weights offline)
@@ -56,7 +56,7 @@ ROWS = [
 
 def run_row(i: int) -> dict:
     n, px, name, recipe = ROWS[i]
-    data = prepare("phantom", px, seed=0, phantom_n=n, splits=("train", "val"))
+    data = prepare(DataSettings(phantom_n=n), px, splits=("train", "val"))
     train = data.split("train")
     scored = train if "training images" in name else data.split("val")
     base = TUNED if name.startswith("tuned") else SEED

@@ -8,8 +8,8 @@ import io
 import logging
 import signal
 import sys
-import warnings
 
+from benchmarks import DEFAULT_POSTGRES_URL
 from boneage_core import BoneAgeError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -68,7 +68,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-def get_args_parser() -> Parser:
+def _common_options() -> Parser:
+    """What every study command takes."""
     common = Parser(add_help=False)
     common.add_argument("--study", default="demo", help="a name in studies/ or a path to a TOML file (default: demo)")
     common.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite:///studies/<study>.db)")
@@ -83,7 +84,11 @@ def get_args_parser() -> Parser:
         "changes to its data, fixed training fields, seed recipe and space",
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return common
 
+
+def get_args_parser() -> Parser:
+    common = _common_options()
     parser = Parser(prog="python -m search", description="Tune and benchmark bone-age models with Optuna.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", parents=[common], help="search until the study holds N finished trials")
@@ -119,6 +124,12 @@ def get_args_parser() -> Parser:
     dash.add_argument("--port", type=port_int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
 
+    _tool_parsers(sub)
+    return parser
+
+
+def _tool_parsers(sub) -> None:
+    """The commands that need no study: bench and data."""
     bench = sub.add_parser("bench", help="the performance benchmarks: figures to results/bench/")
     bench.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes (what CI runs)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
@@ -132,10 +143,10 @@ def get_args_parser() -> Parser:
         help="comma-separated benchmarks: data_path, training_overhead, "
         "search_efficiency, storage, gpu_throughput (default all)",
     )
-    bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 3)")
+    bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 2)")
     bench.add_argument(
         "--postgres",
-        default="postgresql://postgres@127.0.0.1:5432/test",
+        default=DEFAULT_POSTGRES_URL,
         help="a PostgreSQL URL whose server may host a scratch database for the storage benchmark",
     )
 
@@ -151,7 +162,6 @@ def get_args_parser() -> Parser:
     ca.add_argument("dir")
     ca.add_argument("--size", type=positive_int, default=64, help="side of the cached images, pixels")
     ca.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val/test split")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,11 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             pass
     signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
-    # heartbeats and stale-trial retry are Optuna's documented way to survive dead workers, marked
-    # experimental; the warning says nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*experimental.*")
-    from search.runner import SearchFailing
+    from search.run import SearchFailing
+    from search.study import quiet_optuna_warnings
+
+    quiet_optuna_warnings()
 
     try:
         return dispatch(args, argv)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a full disk or a corrupted study file, wherever the command was
-        from search.storage import storage_fault
+        from search.study import storage_fault
 
         lasting = storage_fault(exc, getattr(args, "storage", None))
         if lasting is None:

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
-from boneage_core.metrics import mae_months
+from boneage_core.dataset import SplitsBySize
+from boneage_core.metrics import regression_metrics
 from boneage_core.train import fit
 from search.record import check_settings, device_description, provenance, record_command, study_settings
-from search.runner import StudyData
 from search.specs import StudySpec
-from search.storage import load_existing_study
+from search.study import load_existing_study
 
 
 def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3, argv: list[str] | None = None) -> dict:
@@ -22,7 +22,7 @@ def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3,
     last epoch lands anywhere, and its val MAE swung by 3 months between seeds on the phantom, so one
     seed is a poor yardstick for the search. The study must exist (made by `run`)."""
     study = load_existing_study(spec.name, url)
-    data = StudyData(spec, quiet)
+    data = SplitsBySize(spec.data, quiet)
     check_settings(study, study_settings(spec, data.fingerprint()))
     record_command(study, provenance(argv or [], device_description(spec.baseline.device), data.fingerprint()))
     train = data.split(spec.baseline.image_size, "train")
@@ -35,12 +35,12 @@ def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3,
         result = fit(dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k), train, val, quiet=quiet)
         runs.append((result.metrics, result.history))
     per_seed = [metrics["mae_months"] for metrics, _ in runs]
+    mean_predictor = np.full(len(val), train.age_months.mean())  # the trivial reference: the training mean
     record = {
         "val_mae_months": float(np.mean(per_seed)),
         "val_mae_per_seed": per_seed,
         "val_mae_sd": float(np.std(per_seed, ddof=1)) if seeds > 1 else None,
-        # the trivial reference: predict the training mean for everyone
-        "mean_predictor_val_mae_months": mae_months(np.full(len(val), train.age_months.mean()), val.age_months),
+        "mean_predictor_val_mae_months": regression_metrics(mean_predictor, val.age_months)["mae_months"],
         "val_metrics_per_seed": [metrics for metrics, _ in runs],
         "histories": [history for _, history in runs],
         "config": spec.baseline.to_dict(),

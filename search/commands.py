@@ -7,7 +7,7 @@ import time
 
 from boneage_core import BoneAgeError
 from search.specs import StudySpec, load_spec
-from search.storage import default_storage_url, redact
+from search.study import default_storage_url, redact
 
 
 def _spec_and_url(args: argparse.Namespace) -> tuple[StudySpec, str]:
@@ -16,7 +16,7 @@ def _spec_and_url(args: argparse.Namespace) -> tuple[StudySpec, str]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from search.runner import run_study
+    from search.run import run_study
 
     spec, url = _spec_and_url(args)
     if not args.quiet:
@@ -26,17 +26,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             flush=True,
         )
     start = time.monotonic()
-    worker_argv = [a for a in argv if a not in ("--quiet",)]
-    out = run_study(
-        spec,
-        url,
-        args.trials,
-        args.workers,
-        args.timeout,
-        args.quiet,
-        worker_argv=_strip_option(worker_argv, "--workers"),
-        argv=argv,
-    )
+    out = run_study(spec, url, args.trials, args.workers, args.timeout, args.quiet, argv=argv)
     if not args.quiet:
         best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
         print(
@@ -46,18 +36,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if out.timed_out:
             print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
     return 0
-
-
-def _strip_option(argv: list[str], name: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == name:
-            skip = True
-        elif not a.startswith(name + "="):
-            out.append(a)
-    return out
 
 
 def baseline(args: argparse.Namespace, argv: list[str]) -> int:
@@ -95,7 +73,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     from search.report import retrain_lines
     from search.retrain import retrain as run_retrain
     from search.specs import apply_overrides
-    from search.storage import load_existing_study
+    from search.study import load_existing_study
 
     deliberate = [o for o in args.overrides if _is_recipe_override(o)]
     spec = load_spec(args.study, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
@@ -119,7 +97,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
 def report(args: argparse.Namespace, argv: list[str]) -> int:
     from search.record import check_settings, study_settings
     from search.report import write_report
-    from search.storage import load_existing_study
+    from search.study import load_existing_study
 
     spec, url = _spec_and_url(args)
     study = load_existing_study(spec.name, url, read_only=True)
@@ -134,7 +112,7 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def status(args: argparse.Namespace, argv: list[str]) -> int:
     from search.report import status_text
-    from search.storage import load_existing_study
+    from search.study import load_existing_study
 
     spec, url = _spec_and_url(args)
     print(status_text(load_existing_study(spec.name, url, read_only=True)))
@@ -162,25 +140,25 @@ def data(args: argparse.Namespace) -> int:
         )
         return 0
     if args.data_command == "check":
-        from search.datatools import check_directory, require_readable
+        from boneage_core.inspection import check_directory, require_readable
 
         text, ok = check_directory(args.dir)
         print(text)
         require_readable(ok, args.dir)
         return 0
-    from boneage_core.dataset import prepare
+    from boneage_core.dataset import DataSettings, prepare
 
-    prepared = prepare(args.dir, args.size, seed=args.seed, quiet=False)
-    print(f"cached {len(prepared.table)} images at {args.size} px")
+    decoded = prepare(DataSettings(source=args.dir, seed=args.seed), args.size, quiet=False)
+    print(f"cached {len(decoded.table)} images at {args.size} px")
     return 0
 
 
 def bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from search.bench import run_bench
+    from benchmarks.run import run_bench
 
     # a quick or partial run never overwrites the full figures in results/bench
     default = "results/bench-quick" if args.quick else "results/bench-partial" if args.only else "results/bench"
     out = args.out or default
-    report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials)
+    report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials, argv=argv)
     print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
     return 0

@@ -8,7 +8,7 @@ import signal
 import socket
 
 from boneage_core import BoneAgeError
-from search.storage import open_storage, redact
+from search.study import open_storage, redact
 
 log = logging.getLogger(__name__)
 

@@ -6,62 +6,42 @@ import gc
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import optuna
 import torch
 
-from boneage_core import BoneAgeError, TrainingDiverged
+from boneage_core.dataset import SplitsBySize
+from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.train import fit
 from search.space import suggest_config
 from search.specs import StudySpec
-
-if TYPE_CHECKING:
-    from search.runner import StudyData
 
 # Trial failures that say something about the parameters or the device, not about the program: the
 # trial is recorded as failed with its reason and the search goes on (five in a row stop it). A CUDA
 # error (an illegal access, a kernel launch failure: torch.AcceleratorError) in one worker fails that
 # trial, not every worker of the run.
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, torch.AcceleratorError, BoneAgeError)
-CLAIMED = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.RUNNING,
-    optuna.trial.TrialState.WAITING,
-)
 
 
-class BudgetReached(Exception):
-    """Another worker took the last trial of the budget between our check and our ask."""
-
-
-def make_objective(
-    spec: StudySpec, data: StudyData, n_trials: int, memory_share: float = 1.0
-) -> Callable[[optuna.Trial], float]:
-    """memory_share: the part of its GPU's memory this process may plan for (1/K for K workers on it)."""
+def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.0) -> Callable[[optuna.Trial], float]:
+    """The trial function: draw a config from the space, train it, return its last val MAE in months.
+    memory_share: the part of its GPU's memory this process may plan for (1/K for K workers on it)."""
 
     def objective(trial: optuna.Trial) -> float:
-        earlier = trial.study.get_trials(deepcopy=False, states=CLAIMED)
-        if sum(t.number < trial.number for t in earlier) >= n_trials:
-            trial.set_user_attr("fail_reason", f"not run: the study already holds {n_trials} trials")
-            raise BudgetReached()
         start = time.perf_counter()
         try:
             cfg = suggest_config(trial, spec.train, spec.space)
             trial.set_user_attr("config", cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-            metrics = fit(
-                cfg, train, val, _reporter(trial, start), memory_share=memory_share
-            ).metrics  # the model goes with the result
+            metrics = fit(cfg, train, val, _reporter(trial, start), memory_share=memory_share).metrics
         except BaseException as exc:  # failed, pruned or interrupted
-            if isinstance(exc, TRIAL_FAILURES):  # the reason is stored with the trial, printed by the runner
+            if isinstance(exc, TRIAL_FAILURES):  # the reason is stored with the trial, printed by the run loop
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             release(exc)
             raise
         finally:
-            collect()
+            collect()  # the model went with fit's result: only the metrics are kept
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
         trial.set_user_attr("val_metrics", metrics)
         return metrics["mae_months"]

@@ -25,10 +25,10 @@ from typing import Any
 
 import optuna
 
-from boneage_core import BoneAgeError
 from boneage_core.config import RUNTIME_FIELDS, TrainConfig
+from boneage_core.errors import BoneAgeError
 from search.specs import StudySpec
-from search.storage import redact_argv
+from search.study import redact_argv
 
 SETTINGS_ATTR = "settings"
 COMMAND_PREFIX = "command:"
@@ -41,7 +41,7 @@ def _learning_fields(cfg: TrainConfig, searched: tuple[str, ...] = ()) -> dict[s
 
 def study_settings(spec: StudySpec, fingerprint: str | None) -> dict[str, Any]:
     """The settings a study is held to; fingerprint None when the command did not read the data."""
-    data = dict(spec.data)
+    data = dataclasses.asdict(spec.data)
     if data["source"] != "phantom":
         data["source"] = str(Path(data["source"]).expanduser().resolve())
     return {
@@ -109,10 +109,11 @@ def config_changes(before: TrainConfig, after: TrainConfig) -> dict[str, list[An
 
 def describe_changes(changes: dict[str, list[Any]]) -> str:
     """'epochs 5 -> 2, lr 0.001 -> 0.0003'"""
-    return ", ".join(f"{k} {_plain(v[0])} -> {_plain(v[1])}" for k, v in changes.items())
+    return ", ".join(f"{k} {plain(v[0])} -> {plain(v[1])}" for k, v in changes.items())
 
 
-def _plain(v: Any) -> str:
+def plain(v: Any) -> str:
+    """A value as every view writes it: floats short (0.001, 1e-05), the rest as they print."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -185,7 +186,7 @@ def device_description(name: str) -> str:
     """'cpu (2 threads)' or 'cuda:0 (NVIDIA H200)': where a command ran."""
     import torch
 
-    from boneage_core.train import resolve_device
+    from boneage_core.device import resolve_device
 
     device = resolve_device(name)
     if device.type == "cuda":

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
 from search.files import write_atomic, write_bytes_atomic, write_json
-from search.record import command_line, describe_changes, recorded_commands
+from search.record import command_line, describe_changes, plain, recorded_commands
 
 NAMES = {"best": "best", "baseline": "seed recipe"}
 COLOURS = {"best": "#0072B2", "baseline": "#E69F00"}  # Okabe-Ito blue and orange: safe for colour-blind readers
@@ -498,6 +498,7 @@ def _val_section(s: dict[str, Any]) -> list[str]:
 
 
 def _test_section(r: dict[str, Any]) -> list[str]:
+    """The final test: what was trained and scored, the table, the comparison, MAE by group."""
     seeds, n = r["seeds"], r["n_test"]
     lines = [
         "## Final test (retrained on train+val)",
@@ -511,6 +512,12 @@ def _test_section(r: dict[str, Any]) -> list[str]:
         "| recipe | MAE (months) | 95% CI | MAE per seed | RMSE | bias | R² | within 6 / 12 mo (%) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    return lines + _recipe_rows(r) + _comparison_notes(r) + _group_table(r)
+
+
+def _recipe_rows(r: dict[str, Any]) -> list[str]:
+    """One row per recipe: every column the mean over seeds ± the SD over seeds."""
+    lines = []
     for name, e in r["recipes"].items():
         m, sd = e["metrics_mean"], e["metrics_sd"]
         label = f"best (trial {r['best_trial']})" if name == "best" else NAMES[name]
@@ -522,8 +529,14 @@ def _test_section(r: dict[str, Any]) -> list[str]:
             f"{_pm(m['within_6_months_pct'], sd['within_6_months_pct'], 0)} / "
             f"{_pm(m['within_12_months_pct'], sd['within_12_months_pct'], 0)} |"
         )
+    return lines
+
+
+def _comparison_notes(r: dict[str, Any]) -> list[str]:
+    """The paired comparison, the seed ensembles, flip TTA, the seed's own evaluation, any changes."""
+    seeds = r["seeds"]
     d = r["best_minus_baseline"]
-    lines += [
+    lines = [
         "",
         f"Best minus seed recipe, paired on the same images with each recipe's seeds resampled: {verdict_sentence(d)}.",
         "",
@@ -558,7 +571,7 @@ def _test_section(r: dict[str, Any]) -> list[str]:
         lines += [f"**Modified seed recipe**: {describe_changes(r['seed_recipe_modified'])}.", ""]
     if r.get("overrides", {}).get("best"):
         lines += [f"Best recipe changed for this retrain: {describe_changes(r['overrides']['best'])}.", ""]
-    return lines + _group_table(r)
+    return lines
 
 
 def _group_table(r: dict[str, Any]) -> list[str]:
@@ -592,7 +605,7 @@ def _settings_section(s: dict[str, Any]) -> list[str]:
 
 
 def _fields(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+    return ", ".join(f"{k} {plain(v)}" for k, v in d.items())
 
 
 def _provenance_section(s: dict[str, Any]) -> list[str]:

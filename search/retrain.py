@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from boneage_core import BoneAgeError
 from boneage_core.config import RUNTIME_FIELDS, TrainConfig, make_config
+from boneage_core.dataset import Split, SplitsBySize
 from boneage_core.metrics import (
     bootstrap_ci,
     group_counts,
@@ -37,7 +38,7 @@ from boneage_core.metrics import (
     summarize_seeds,
     verdict,
 )
-from boneage_core.train import FitResult, Split, fit, predict_months
+from boneage_core.train import FitResult, fit, predict_months
 from search.files import finite, write_atomic, write_json
 from search.record import (
     check_settings,
@@ -47,7 +48,6 @@ from search.record import (
     record_command,
     study_settings,
 )
-from search.runner import StudyData
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 
@@ -140,7 +140,7 @@ def recipe_statistics(preds: np.ndarray, test: Split) -> dict[str, Any]:
     }
 
 
-def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: StudyData, ckpt_dir: Path, tta: bool, quiet: bool):
+def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool):
     """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
     flip TTA, and (for the seed recipe) without batch-norm re-estimation."""
     trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
@@ -186,20 +186,13 @@ def retrain(
     recipe is the study's own, changed only by baseline_overrides). The command (argv) is recorded in
     the study before training; the outcome goes to results/<study>/retrain.json and, in short, to the
     study's 'retrain' attr (what status shows)."""
-    data = StudyData(spec, quiet, splits=("train", "val", "test"))
+    data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
     check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
     plan = recipes(study, spec, train_overrides or {}, baseline_overrides)
     command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
     record_command(study, command)
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
-    out_dir, ckpt_dir = results_dir / spec.name, checkpoint_dir / spec.name
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BoneAgeError(f"cannot write results or checkpoints ({exc.strerror}: {exc.filename})") from None
-    for stale in out_dir.glob("predictions_*_seed*.csv"):  # of an earlier retrain with more seeds
-        stale.unlink()
+    out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
     summary: dict[str, Any] = {
         "study": spec.name,
         "best_trial": plan.best_trial,
@@ -235,6 +228,19 @@ def retrain(
     short = {n: {"mae": r["mae"], "config": r["config"]} for n, r in summary["recipes"].items()}
     study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
     return summary
+
+
+def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
+    """results/<study>/ and checkpoints/<study>/, made; the prediction files of an earlier retrain with
+    more seeds removed, so the report never mixes two retrains."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write results or checkpoints ({exc.strerror}: {exc.filename})") from None
+    for stale in out_dir.glob("predictions_*_seed*.csv"):
+        stale.unlink()
+    return out_dir, ckpt_dir
 
 
 def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> dict[str, Any]:

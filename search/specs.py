@@ -10,43 +10,64 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from boneage_core import BoneAgeError
 from boneage_core.config import MIN_IMAGE_SIZE_PX, SEED_RECIPE, TrainConfig, coerce_field, make_config
+from boneage_core.dataset import DataSettings
+from boneage_core.errors import BoneAgeError
 from search.space import ParamSpec, parse_space
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 SECTIONS = ("data", "train", "space", "sampler", "pruner", "baseline", "study")
-DATA_DEFAULTS: dict[str, Any] = {"source": "phantom", "image_size": 64, "max_images": 0, "seed": 0, "phantom_n": 1000}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
-SAMPLER_KEYS = {"name": str, "seed": int, "n_startup_trials": int}
-STUDY_KEYS = {"name": str, "heartbeat_interval": int, "grace_period": int}
+SEED_LIMIT = 2**32  # numpy and Optuna's samplers take seeds below 2^32
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """[sampler]: which Optuna sampler proposes the trials."""
+
+    name: str = "tpe"  # tpe | random
+    seed: int = 0
+    n_startup_trials: int = 10  # TPE's random trials before it models the space
+
+
+@dataclass(frozen=True)
+class PrunerSettings:
+    """[pruner]: which trials stop early. Each pruner reads the fields it knows."""
+
+    name: str = "median"  # median | hyperband | successive_halving | none
+    n_startup_trials: int = 5  # median: trials that run in full before any is pruned
+    n_warmup_steps: int = 1  # median: epochs before a trial can be pruned
+    min_resource: int = 1  # hyperband, successive_halving: epochs of the first rung
+    reduction_factor: int = 3  # hyperband, successive_halving: 1/k of the trials go on at each rung
+
+
 # Optuna's pruners accept these below their minimum and fail later, inside a trial (hyperband's
 # reduction_factor 1 divides by zero after the first epoch)
 PRUNER_MINIMA = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1, "reduction_factor": 2}
-SEED_LIMIT = 2**32  # numpy and Optuna's samplers take seeds below 2^32
-PRUNER_KEYS = {
-    "name": str,
-    "n_startup_trials": int,
-    "n_warmup_steps": int,
-    "min_resource": int,
-    "reduction_factor": int,
-}
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """[study]: the study's name (default: the file's) and how dead workers are detected."""
+
+    name: str = ""
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
+    grace_period: int = 30  # a RUNNING trial silent this long belongs to a dead worker
 
 
 @dataclass(frozen=True)
 class StudySpec:
     name: str
     path: Path
-    data: dict[str, Any]
+    data: DataSettings
     train: TrainConfig  # fixed fields, image_size copied from [data] (a [space.image_size] overrides it)
     space: dict[str, ParamSpec]
-    sampler: dict[str, Any]
-    pruner: dict[str, Any]
+    sampler: SamplerSettings
+    pruner: PrunerSettings
     baseline: TrainConfig  # the seed recipe: SEED_RECIPE with [baseline] applied, never [train]
-    heartbeat_interval_s: int = 10
-    grace_period_s: int = 30  # a RUNNING trial silent this long belongs to a dead worker
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    heartbeat_interval_s: int
+    grace_period_s: int
     # {field: [TOML value, --set value]}: how --set baseline.* modified the study file's seed recipe
     baseline_changes: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -106,43 +127,80 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _check_section(section: dict[str, Any], keys: dict[str, type], where: str) -> dict[str, Any]:
-    out = {}
-    for k, v in section.items():
-        if k not in keys:
-            raise BoneAgeError(f"unknown key '{where}.{k}' (known: {', '.join(keys)})")
-        want = keys[k]
+def read_section(table: Any, cls: type, where: str):
+    """A TOML table as the frozen dataclass cls: every key one of its fields, every value of the
+    field's type (the type of its default); what the table leaves out keeps the dataclass default."""
+    if not isinstance(table, dict):
+        raise BoneAgeError(f"[{where}] must be a table")
+    types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+    for k, v in table.items():
+        if k not in types:
+            raise BoneAgeError(f"unknown key '{where}.{k}' (known: {', '.join(types)})")
+        want = types[k]
         if want is int and isinstance(v, bool) or not isinstance(v, want):
             raise BoneAgeError(f"'{where}.{k}' must be {want.__name__}, got {v!r}")
-        out[k] = v
-    return out
+    return cls(**table)
 
 
-def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | None = None) -> StudySpec:
-    path = find_study_file(study)
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BoneAgeError(f"{path}: TOML syntax error: {exc}") from None
     except RecursionError:
         raise BoneAgeError(f"{path}: tables or arrays nested too deeply to be a study file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BoneAgeError(f"{path}: cannot read study file ({exc})") from None
-    from_file = copy.deepcopy(raw)
-    raw = apply_overrides(raw, list(overrides or []) + ([f"data.source={data_dir!r}"] if data_dir else []))
+
+
+def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | None = None) -> StudySpec:
+    """The study file with --set overrides (and --data) applied, every section checked."""
+    path = find_study_file(study)
+    from_file = _read_toml(path)
+    data_override = [f"data.source={data_dir!r}"] if data_dir else []
+    raw = apply_overrides(copy.deepcopy(from_file), [*(overrides or []), *data_override])
     for section in raw:
         if section not in SECTIONS:
             raise BoneAgeError(f"{path}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
-    data = dict(DATA_DEFAULTS)
-    data.update(_check_section(raw.get("data", {}), {k: type(v) for k, v in DATA_DEFAULTS.items()}, "data"))
-    if data["max_images"] < 0 or data["phantom_n"] < 20:
-        raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
-    check_seed(data["seed"], "data.seed")
+    data = _data_settings(raw.get("data", {}))
     train_values = {k: coerce_field(k, v) for k, v in raw.get("train", {}).items()}
     if "image_size" in train_values:
         raise BoneAgeError("set the image size as data.image_size: the cache is built at that size")
-    train = make_config({**train_values, "image_size": data["image_size"]})
-    space = parse_space(raw.get("space", {}))
+    train = make_config({**train_values, "image_size": data.image_size})
+    space = _space(raw.get("space", {}), train)
+    baseline = seed_recipe(raw.get("baseline", {}), data.image_size, train)
+    baseline_in_file = seed_recipe(from_file.get("baseline", {}), data.image_size, train)
+    changes = {
+        k: [v, getattr(baseline, k)]
+        for k, v in baseline_in_file.to_dict().items()
+        if v != getattr(baseline, k) and k != "device"
+    }
+    options = _study_options(raw.get("study", {}), path)
+    return StudySpec(
+        name=options.name,
+        path=path,
+        data=data,
+        train=train,
+        space=space,
+        sampler=_sampler_settings(raw.get("sampler", {})),
+        pruner=_pruner_settings(raw.get("pruner", {})),
+        baseline=baseline,
+        heartbeat_interval_s=options.heartbeat_interval,
+        grace_period_s=options.grace_period,
+        baseline_changes=changes,
+    )
+
+
+def _data_settings(table: dict[str, Any]) -> DataSettings:
+    data = read_section(table, DataSettings, "data")
+    if data.max_images < 0 or data.phantom_n < 20:
+        raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
+    check_seed(data.seed, "data.seed")
+    return data
+
+
+def _space(tables: dict[str, Any], train: TrainConfig) -> dict[str, ParamSpec]:
+    space = parse_space(tables)
     if "image_size" in space:
         p = space["image_size"]
         smallest = min(p.choices) if p.type == "categorical" else p.low
@@ -151,50 +209,37 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
                 f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least {MIN_IMAGE_SIZE_PX}"
             )
     check_space_values(space, train)
-    sampler = {"name": "tpe", "seed": 0, **_check_section(raw.get("sampler", {}), SAMPLER_KEYS, "sampler")}
-    pruner = {"name": "median", **_check_section(raw.get("pruner", {}), PRUNER_KEYS, "pruner")}
-    if sampler["name"] not in SAMPLERS:
-        raise BoneAgeError(f"sampler.name = {sampler['name']!r}: use one of {', '.join(SAMPLERS)}")
-    if pruner["name"] not in PRUNERS:
-        raise BoneAgeError(f"pruner.name = {pruner['name']!r}: use one of {', '.join(PRUNERS)}")
-    check_seed(sampler["seed"], "sampler.seed")
+    return space
+
+
+def _sampler_settings(table: dict[str, Any]) -> SamplerSettings:
+    sampler = read_section(table, SamplerSettings, "sampler")
+    if sampler.name not in SAMPLERS:
+        raise BoneAgeError(f"sampler.name = {sampler.name!r}: use one of {', '.join(SAMPLERS)}")
+    check_seed(sampler.seed, "sampler.seed")
+    if sampler.n_startup_trials < 0:
+        raise BoneAgeError(f"sampler.n_startup_trials = {sampler.n_startup_trials}: must be at least 0")
+    return sampler
+
+
+def _pruner_settings(table: dict[str, Any]) -> PrunerSettings:
+    pruner = read_section(table, PrunerSettings, "pruner")
+    if pruner.name not in PRUNERS:
+        raise BoneAgeError(f"pruner.name = {pruner.name!r}: use one of {', '.join(PRUNERS)}")
     for key, least in PRUNER_MINIMA.items():
-        if key in pruner and pruner[key] < least:
-            raise BoneAgeError(f"pruner.{key} = {pruner[key]}: must be at least {least}")
-    if sampler.get("n_startup_trials", 0) < 0:
-        raise BoneAgeError(f"sampler.n_startup_trials = {sampler['n_startup_trials']}: must be at least 0")
-    baseline = seed_recipe(raw.get("baseline", {}), data["image_size"], train)
-    baseline_in_file = seed_recipe(from_file.get("baseline", {}), data["image_size"], train)
-    changes = {
-        k: [v, getattr(baseline, k)]
-        for k, v in baseline_in_file.to_dict().items()
-        if v != getattr(baseline, k) and k != "device"
-    }
-    study = {
-        "name": path.stem,
-        "heartbeat_interval": 10,
-        "grace_period": 30,
-        **_check_section(raw.get("study", {}), STUDY_KEYS, "study"),
-    }
-    check_study_name(
-        study["name"], "study.name" if "name" in raw.get("study", {}) else f"the study file name {path.name}"
-    )
-    if not 0 < study["heartbeat_interval"] < study["grace_period"]:
+        if getattr(pruner, key) < least:
+            raise BoneAgeError(f"pruner.{key} = {getattr(pruner, key)}: must be at least {least}")
+    return pruner
+
+
+def _study_options(table: dict[str, Any], path: Path) -> StudyOptions:
+    options = read_section(table, StudyOptions, "study")
+    named = "name" in table
+    options = dataclasses.replace(options, name=options.name if named else path.stem)
+    check_study_name(options.name, "study.name" if named else f"the study file name {path.name}")
+    if not 0 < options.heartbeat_interval < options.grace_period:
         raise BoneAgeError("study.heartbeat_interval must be positive and below study.grace_period")
-    return StudySpec(
-        study["name"],
-        path,
-        data,
-        train,
-        space,
-        sampler,
-        pruner,
-        baseline,
-        study["heartbeat_interval"],
-        study["grace_period"],
-        raw,
-        changes,
-    )
+    return options
 
 
 def check_seed(value: int, where: str) -> int:

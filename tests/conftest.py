@@ -1,4 +1,6 @@
-"""Shared fixtures: a private cache dir per test, and small RSNA-layout directories made on the fly.
+"""Shared fixtures: a private cache dir per test, small RSNA-layout directories made on the fly, the tiny
+study most search tests run (40 phantom hands, 32 px, a small timm net), a scratch PostgreSQL database,
+and the ways to run the CLI (in this process, or as a user's separate process).
 
 The suite means the CPU: it hides every GPU from itself and from the commands it starts (before torch
 first looks), so its results, bitwise repeats included, are the same on a GPU machine. The GPU path
@@ -13,17 +15,21 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import functools  # noqa: E402
 import logging  # noqa: E402
-import signal
-import subprocess
-import sys
-from pathlib import Path
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import pandas as pd
-import pytest
-from PIL import Image
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from boneage_core.phantom import generate_image
+from benchmarks import DEFAULT_POSTGRES_URL  # noqa: E402
+from boneage_core.phantom import generate_image, write_phantom  # noqa: E402
+from search.study import with_driver  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,13 +112,18 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 
 
 def run_main(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
-    """The CLI's main() in this process: the same parsing, dispatch and error handling as run_cli,
-    without a second start of Python and torch (seconds each), for commands that stop before training.
-    The signal handlers main() installs are put back afterwards."""
+    """The CLI's main() in this process: the same parsing, dispatch, error handling and output as
+    run_cli, without a second start of Python and torch (seconds each). Log records reach stderr as in
+    a process of their own (pytest's log capture would otherwise keep them); the signal handlers main()
+    installs are put back afterwards."""
     from search.__main__ import main
 
-    saved, here, handlers = signal.getsignal(signal.SIGTERM), os.getcwd(), list(logging.getLogger().handlers)
+    saved, here = signal.getsignal(signal.SIGTERM), os.getcwd()
     capsys.readouterr()
+    to_stderr = logging.StreamHandler(sys.stderr)  # the captured stderr of this test
+    to_stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    to_stderr.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(to_stderr)
     try:
         os.chdir(cwd)
         rc = main(list(args))
@@ -121,9 +132,16 @@ def run_main(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
     finally:
         os.chdir(here)
         signal.signal(signal.SIGTERM, saved)
-        logging.getLogger().handlers[:] = handlers  # main's basicConfig wrote to this test's captured stderr
+        logging.getLogger().removeHandler(to_stderr)
     out = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), rc, out.out, out.err)
+
+
+def main_ok(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
+    """run_main that must succeed; its output for the test to read."""
+    r = run_main(*args, cwd=cwd, capsys=capsys)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    return r
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -136,3 +154,102 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     for f in fragments:
         assert f.lower() in errors[0].lower(), (f, errors[0])
+
+
+TINY_STUDY = """
+[study]
+heartbeat_interval = 1
+grace_period = 3
+[data]
+source = "{source}"
+image_size = 32
+phantom_n = 40
+[train]
+backbone = "timm:resnet10t"
+epochs = 2
+batch_size = 8
+head_hidden = 16
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+[space.aug_strength]
+type = "float"
+low = 0.0
+high = 1.0
+[sampler]
+name = "tpe"
+seed = 0
+n_startup_trials = 3
+[pruner]
+name = "median"
+n_startup_trials = 2
+[baseline]
+backbone = "timm:resnet10t"
+pretrained = "none"
+epochs = 2
+batch_size = 8
+head_hidden = 16
+"""
+
+
+@pytest.fixture(scope="session")
+def phantom_src(tmp_path_factory):
+    """40 phantom hands in the Kaggle layout, written once for the whole suite."""
+    return write_phantom(tmp_path_factory.mktemp("ph") / "phantom", 40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_phantom(tmp_path_factory):
+    """Another 40 hands (seed 1): other data for a study made on phantom_src."""
+    return write_phantom(tmp_path_factory.mktemp("ph1") / "phantom", 40, seed=1)
+
+
+@pytest.fixture
+def study(tmp_path, phantom_src):
+    """The tiny study's TOML in this test's directory: studies/tiny.db lands beside it."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY.format(source=phantom_src))
+    return path
+
+
+def load(tmp_path, url=None) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=with_driver(url or f"sqlite:///{tmp_path}/studies/tiny.db"))
+
+
+def finished(study: optuna.Study) -> list:
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def _as_at_a_terminal():
+    """SIGINT back to its default in the child, as a shell gives it to a command run at a terminal.
+    When the tests themselves run as a background job of a non-interactive shell, SIGINT arrives
+    ignored, Python then leaves it ignored, and Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_run(cwd, study, *extra, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`python -m search run` in the background, as a user in directory cwd would start it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", "--study", str(study), *extra, "--quiet"],
+        cwd=cwd,
+        env=env,
+        stderr=stderr,
+        text=True,
+        preexec_fn=_as_at_a_terminal,
+    )
+
+
+@pytest.fixture
+def postgres_url():
+    """A scratch database on the server at 127.0.0.1:5432, dropped after the test (the same helper the
+    storage benchmark uses)."""
+    pytest.importorskip("psycopg2")
+    from benchmarks.storage import scratch_postgres
+
+    with scratch_postgres(DEFAULT_POSTGRES_URL) as url:
+        if url is None:
+            pytest.skip(f"PostgreSQL at {DEFAULT_POSTGRES_URL} is not reachable")
+        yield url

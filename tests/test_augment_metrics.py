@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boneage_core.augment import PIXEL_MEAN, PIXEL_STD, _draw, affine_grid, augmented_batch, normalize
+from boneage_core.augment import PIXEL_MEAN, PIXEL_STD, _draw, augmented_batch, normalize
 from boneage_core.metrics import (
     bootstrap_ci,
     group_counts,
@@ -18,6 +18,7 @@ from boneage_core.metrics import (
     summarize_seeds,
     verdict,
 )
+from boneage_core.train import training_batches
 
 
 def _batch() -> torch.Tensor:
@@ -26,21 +27,22 @@ def _batch() -> torch.Tensor:
     return x
 
 
-def reference_augment(u8: torch.Tensor, strength: float, seed: int, intensity: bool = True) -> torch.Tensor:
-    """The plain composition the fused path must equal: normalize, torch's own affine_grid and
-    grid_sample around the background value, then contrast and brightness."""
+def reference_augment(u8: torch.Tensor, strength: float, generator: torch.Generator, intensity: bool = True):
+    """The plain composition the augmentation must equal, written out step by step from the seed's
+    transforms: standardize, rotate/flip/shift/scale around the background value with torch's
+    affine_grid and grid_sample, then contrast and brightness."""
     x = normalize(u8)
     if strength <= 0:
         return x
     b = x.shape[0]
-    p = _draw(b, strength, torch.Generator().manual_seed(seed))
-    theta = torch.stack([p["row_x"], p["row_y"]], 1)
+    p = _draw(b, strength, generator)
+    theta, contrast, brightness = p[:, :6].view(b, 2, 3), p[:, 6], p[:, 7]
     background = -PIXEL_MEAN / PIXEL_STD
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if not intensity:
         return out + background
-    return out * p["contrast"].view(b, 1, 1, 1) + background + p["brightness"].view(b, 1, 1, 1)
+    return out * contrast.view(b, 1, 1, 1) + background + brightness.view(b, 1, 1, 1)
 
 
 def test_strength_zero_is_the_identity():
@@ -59,14 +61,20 @@ def test_augmentation_is_seeded_and_grows_with_strength():
 
 
 @pytest.mark.parametrize("intensity", [True, False])
-def test_fused_uint8_path_equals_the_plain_composition(intensity):
-    """training_batches' fast path gives the same pixels as normalize + torch's affine_grid/grid_sample +
-    contrast and brightness, strength 0 included."""
-    u8 = torch.randint(0, 256, (6, 1, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+def test_what_training_feeds_the_model_is_the_plain_composition(intensity):
+    """training_batches, the data path fit runs (a seeded order, then one augmented batch at a time),
+    gives the same pixels as the plain composition on the same random stream, strength 0 included."""
+    images = torch.randint(0, 256, (20, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for strength in (0.0, 0.4, 1.0):
-        fast = augmented_batch(u8, strength, torch.Generator().manual_seed(9), intensity=intensity)
-        plain = reference_augment(u8, strength, 9, intensity=intensity)
-        assert fast.dtype == torch.float32 and torch.allclose(fast, plain, atol=1e-4)
+        got = list(training_batches(images, 8, strength, torch.Generator().manual_seed(9), torch.device("cpu"),
+                                    aug_intensity=intensity))  # fmt: skip
+        g = torch.Generator().manual_seed(9)
+        order = torch.randperm(20, generator=g)
+        assert [idx.tolist() for idx, _ in got] == [order[:8].tolist(), order[8:16].tolist()]
+        for idx, x in got:
+            plain = reference_augment(images[idx].unsqueeze(1), strength, g, intensity=intensity)
+            assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(x, plain, atol=1e-4)
 
 
 def test_without_intensity_only_geometry_changes():
@@ -80,12 +88,6 @@ def test_without_intensity_only_geometry_changes():
     assert geometric.max() <= normalize(torch.full((1,), 200, dtype=torch.uint8)).item() + 1e-4
     assert not torch.allclose(with_jitter, geometric, atol=1e-3)  # the jitter did change values
     assert not torch.allclose(geometric, normalize(x), atol=1e-3)  # the geometry still moved the hand
-
-
-def test_broadcast_affine_grid_equals_torch_affine_grid():
-    p = _draw(5, 1.0, torch.Generator().manual_seed(4))
-    ref = F.affine_grid(torch.stack([p["row_x"], p["row_y"]], 1), [5, 1, 24, 30], align_corners=False)
-    assert torch.allclose(affine_grid(p["row_x"], p["row_y"], 24, 30, torch.float32), ref, atol=1e-6)
 
 
 def test_background_stays_background_after_a_shift():

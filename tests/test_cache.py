@@ -9,7 +9,7 @@ from PIL import Image
 import boneage_core.cache as cache_mod
 from boneage_core import BoneAgeError
 from boneage_core.cache import build_cache, decode_image
-from boneage_core.data import load_table
+from boneage_core.rsna import load_table
 from tests.conftest import hand_png
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from boneage_core import BoneAgeError
-from boneage_core.data import DataReport, load_table, split_table
+from boneage_core.rsna import DataReport, age_bins, load_table, split_table
 from tests.conftest import hand_png, make_kaggle
 
 
@@ -55,8 +55,15 @@ def test_seeded_split_is_stratified_saved_and_reused(tmp_path):
     split_file = tmp_path / "split.csv"
     first = split_table(table, seed=3, split_file=split_file)
     assert split_file.is_file()
-    assert set(first["split"]) == {"train", "val", "test"}
-    assert first["split"].value_counts()["train"] > 30
+    assert first["split"].value_counts().to_dict() == {"train": 42, "val": 9, "test": 9}
+    # stratified by age bin and sex: every stratum with four or more images is in the held-out 30% at
+    # about its share of the data, not left to chance
+    strata = age_bins(first["age_months"].to_numpy()) * 2 + first["male"].to_numpy().astype(int)
+    held = first["split"].isin(["val", "test"]).to_numpy()
+    for stratum in set(strata):
+        n = int((strata == stratum).sum())
+        if n >= 4:
+            assert abs(held[strata == stratum].sum() - 0.3 * n) <= 1, (stratum, n)
     again = split_table(table, seed=3, split_file=split_file)
     assert again["split"].tolist() == first["split"].tolist()
     # the saved file wins over the seed: a rerun never reshuffles

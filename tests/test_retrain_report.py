@@ -18,8 +18,7 @@ import torch
 from boneage_core.metrics import bootstrap_ci, paired_mae_difference
 from search.retrain import recipes
 from search.specs import load_spec
-from tests.conftest import REPO, assert_one_line_error, run_cli
-from tests.test_search import phantom_src, study  # noqa: F401  (fixtures)
+from tests.conftest import REPO, assert_one_line_error, main_ok, run_main
 
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_images():
@@ -40,8 +39,8 @@ def test_paired_difference_sees_a_better_model():
 
 
 @pytest.fixture
-def searched(tmp_path, study):  # noqa: F811
-    assert run_cli("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path).returncode == 0
+def searched(tmp_path, study, capsys):
+    main_ok("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path, capsys=capsys)
     return study
 
 
@@ -58,13 +57,29 @@ def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     assert modified.configs["best"] == best
 
 
-def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study):  # noqa: F811
+def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study, capsys):
     (tmp_path / "studies").mkdir()
     optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
-    assert_one_line_error(run_cli("retrain", "--study", str(study), cwd=tmp_path), "no completed trial")
+    r = run_main("retrain", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "no completed trial")
 
 
-def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searched):
+class _Page(HTMLParser):
+    """The parts of a figure page that make it work offline: its scripts and its plot's div."""
+
+    def __init__(self):
+        super().__init__()
+        self.script_srcs, self.plot_divs, self.title = [], 0, ""
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "script" and a.get("src"):
+            self.script_srcs.append(a["src"])
+        if tag == "div" and "plotly-graph-div" in (a.get("class") or ""):
+            self.plot_divs += 1
+
+
+def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searched, capsys):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "search", "retrain", "--study", str(searched), "--set", "train.epochs=3", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
@@ -78,8 +93,8 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     proc.wait()
     before = json.loads(torch.load(ckpt, weights_only=True)["history"])
     assert 1 <= len(before) < 3
-    r = run_cli("retrain", "--study", str(searched), "--set", "train.epochs=3", "--seeds", "2", "--tta", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    again = ("--set", "train.epochs=3", "--seeds", "2", "--tta")
+    r = main_ok("retrain", "--study", str(searched), *again, cwd=tmp_path, capsys=capsys)
     after = json.loads(torch.load(ckpt, weights_only=True)["history"])
     assert len(after) == 3
     assert after[: len(before)] == before  # the epochs before the kill were not trained again
@@ -92,9 +107,8 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out["n_test"] == 7
     assert f"on the same {out['n_test']} test images" in r.stdout and "seed recipe" in r.stdout
 
-    assert run_cli("baseline", "--study", str(searched), "--quiet", cwd=tmp_path).returncode == 0
-    r = run_cli("report", "--study", str(searched), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    main_ok("baseline", "--study", str(searched), "--quiet", cwd=tmp_path, capsys=capsys)
+    main_ok("report", "--study", str(searched), cwd=tmp_path, capsys=capsys)
     res = tmp_path / "results" / "tiny"
     for name in (
         "summary.md",
@@ -114,20 +128,23 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     ):
         assert (res / name).is_file(), name
     for page in res.glob("*.html"):
-        HTMLParser().feed(page.read_text())  # parses
-        assert page.stat().st_size < 1_000_000  # plotly.js is shared, not embedded
+        if page.name == "index.html":
+            continue
+        parsed = _Page()
+        parsed.feed(page.read_text())
+        assert parsed.script_srcs == ["plotly.min.js"] and parsed.plot_divs == 1, page.name  # shared, offline
+        assert page.stat().st_size < 1_000_000, page.name  # plotly.js is not embedded
     summary = (res / "summary.md").read_text()
     assert "seed recipe" in summary and "Final test" in summary and "95% CI" in summary
     assert "PNG copies" in summary
     assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
 
 
-def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # noqa: F811
+def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study, capsys):
     """Each trial trains at the size it drew (decoded once per size); retrain rebuilds the best trial at
     its size and the baseline at data.image_size, both scored on the same test images."""
     study.write_text(study.read_text() + '[space.image_size]\ntype = "categorical"\nchoices = [32, 48]\n')
-    r = run_cli("run", "--study", str(study), "--trials", "4", "--quiet", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    main_ok("run", "--study", str(study), "--trials", "4", "--quiet", cwd=tmp_path, capsys=capsys)
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     done = [t for t in s.trials if t.state.is_finished()]
     assert len(done) == 4
@@ -135,8 +152,8 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # no
         assert t.user_attrs["config"]["image_size"] == t.params["image_size"]
     assert {t.params["image_size"] for t in done} == {32, 48}  # seeded: both sizes drawn in 4 trials
 
-    r = run_cli("retrain", "--study", str(study), "--set", "train.epochs=1", "--seeds", "1", "--quiet", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    one = ("--set", "train.epochs=1", "--seeds", "1", "--quiet")
+    main_ok("retrain", "--study", str(study), *one, cwd=tmp_path, capsys=capsys)
     out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
     assert out["recipes"]["best"]["config"]["image_size"] == s.best_trial.params["image_size"]
     assert out["recipes"]["baseline"]["config"]["image_size"] == 32
@@ -150,6 +167,7 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study):  # no
     assert ids[0] == ids[1] and len(ids[0]) == 1 + out["n_test"]
 
 
-def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path, study):  # noqa: F811
+def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path, study, capsys):
     study.write_text(study.read_text() + '[space.image_size]\ntype = "categorical"\nchoices = [16, 32]\n')
-    assert_one_line_error(run_cli("run", "--study", str(study), cwd=tmp_path), "[space.image_size]", "16 px")
+    r = run_main("run", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "[space.image_size]", "16 px")

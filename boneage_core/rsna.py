@@ -6,7 +6,6 @@ shared/DESIGN.md). Every problem with the files is a BoneAgeError naming the fil
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -278,26 +277,3 @@ def split_table(
         table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
         os.replace(tmp, split_file)
     return table
-
-
-def table_fingerprint(table: pd.DataFrame) -> str:
-    """Hash of ids and image files (size, mtime): a changed or added image changes it."""
-    h = hashlib.sha256()
-    for case_id, path in zip(table["id"], table["path"], strict=True):
-        st = os.stat(path)
-        h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(table: pd.DataFrame, root: Path) -> str:
-    """The identity of a dataset as a study uses it: every row's id, label, sex and split, and its image
-    file's path under root and size in bytes. The same data copied or moved elsewhere (a new phantom
-    cache, another disk) keeps it; an added, dropped, relabelled, resplit or replaced image changes it.
-    (Sizes, not contents: hashing 12,611 full-size PNGs would cost minutes per command.)"""
-    h = hashlib.sha256()
-    root = Path(root).resolve()
-    for row in table.sort_values("id", kind="stable").itertuples(index=False):
-        path = Path(row.path).resolve()
-        rel = path.relative_to(root) if path.is_relative_to(root) else path
-        h.update(f"{row.id}|{row.age_months:.4f}|{int(row.male)}|{row.split}|{rel}|{os.stat(path).st_size}\n".encode())
-    return h.hexdigest()[:16]

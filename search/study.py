@@ -1,7 +1,9 @@
-"""Study storage: URL checks, password redaction, heartbeat and stale-trial retry, create or resume."""
+"""The study and its storage: URL checks, password redaction, storage faults, heartbeat and stale-trial
+retry, the sampler and the pruner, and opening a study (create or resume, or one that must exist)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -10,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
-from boneage_core import BoneAgeError
+from boneage_core.errors import BoneAgeError
+from search.specs import PrunerSettings, SamplerSettings, StudySpec
+
+log = logging.getLogger(__name__)
 
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # query keys whose values are secrets
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+]*")  # what an unreadable URL may still show
@@ -125,6 +131,25 @@ def check_url(url: str, create: bool = True) -> str:
     return url
 
 
+# Errors of a database that went away (a restarted server, a dropped connection): worth waiting for
+STORAGE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
+
+
+def caused_by_storage(exc: BaseException) -> bool:
+    """Whether a database error is anywhere in the chain. (When the database drops during a tell,
+    Optuna's own clean-up then fails with an UnboundLocalError that only chains the real cause.)"""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, STORAGE_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 # What a database says when retrying cannot help, and what to tell the user instead
 LASTING_STORAGE_FAULTS = (
     ("disk is full", "no space left on the device holding the study storage {where}: free some space, then rerun"),
@@ -200,22 +225,32 @@ def open_storage(
 
 class ResilientRDBStorage(RDBStorage):
     """RDBStorage whose heartbeat survives a database restart: a beat that cannot be written is
-    skipped (the next one, seconds later, records it) instead of killing the heartbeat thread."""
+    skipped (the next one, seconds later, records it) instead of killing the heartbeat thread, and
+    said once per outage, not at every beat."""
+
+    _heartbeat_lost = False
 
     def record_heartbeat(self, trial_id: int) -> None:
-        import sqlalchemy.exc
-
         try:
             super().record_heartbeat(trial_id)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-            pass
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if not self._heartbeat_lost:
+                log.warning(
+                    "the heartbeat of trial id %d could not be written (%s); trying again every %s s",
+                    trial_id,
+                    type(exc).__name__,
+                    self.heartbeat_interval,
+                )
+            self._heartbeat_lost = True
+            return
+        if self._heartbeat_lost:
+            log.warning("the heartbeat of trial id %d is written again", trial_id)
+        self._heartbeat_lost = False
 
 
 def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 4) -> RDBStorage:
     """Two workers starting on a fresh database both create Optuna's tables; the loser of that race
     gets an integrity error, and a moment later finds the tables made."""
-    import sqlalchemy.exc
-
     for attempt in range(attempts):
         try:
             return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -230,8 +265,6 @@ def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts:
 def load_existing_study(name: str, url: str, read_only: bool = False) -> optuna.Study:
     """A study that must already exist (status, report, baseline, retrain): a missing storage or study
     is one line, and no file or directory is created for it. read_only for commands that only read."""
-    import sqlalchemy.exc
-
     storage = open_storage(url, create=False, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -246,3 +279,48 @@ def load_existing_study(name: str, url: str, read_only: bool = False) -> optuna.
         raise BoneAgeError(
             f"no study '{name}' in {redact(url)} ({held}): run `python -m search run` first, or pass --study/--storage"
         ) from None
+
+
+def make_sampler(settings: SamplerSettings, offset: int) -> optuna.samplers.BaseSampler:
+    """The sampler seeded by the study seed plus how far the study already is (and the worker), so a
+    resumed or parallel run continues the sequence instead of re-proposing the same start-up points."""
+    seed = settings.seed + offset
+    if settings.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.n_startup_trials)
+
+
+def make_pruner(p: PrunerSettings, max_epochs: int) -> optuna.pruners.BasePruner:
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, max_resource=max_epochs, reduction_factor=p.reduction_factor
+        )
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, url: str, offset: int = 0, heartbeat: bool = True) -> optuna.Study:
+    """The study of spec in url, created on first use, resumed after."""
+    storage = open_storage(url, heartbeat=(spec.heartbeat_interval_s, spec.grace_period_s) if heartbeat else None)
+    # Optuna logs every failed trial with its traceback; the run loop prints one line instead, and the
+    # reason is stored in the trial's fail_reason attr
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction="minimize",
+        sampler=make_sampler(spec.sampler, offset),
+        pruner=make_pruner(spec.pruner, spec.train.epochs),
+        load_if_exists=True,
+    )
+
+
+def quiet_optuna_warnings() -> None:
+    """Optuna's warnings that say nothing a user can act on: a failed trial (the run loop prints its
+    reason in one line) and the experimental marks on heartbeats and stale-trial retry, Optuna 5's
+    documented way to survive dead workers."""
+    warnings.filterwarnings("ignore", message=".*Trial.*failed.*")
+    warnings.filterwarnings("ignore", message=".*experimental.*")

@@ -1,4 +1,4 @@
-"""`data` commands: write the phantom, check a directory as downloaded, build its cache."""
+"""What a data directory holds, for `data check`: layout, splits, ages, sex, image modes, unreadable files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from boneage_core import BoneAgeError
-from boneage_core.data import DataReport, load_table
+from boneage_core.errors import BoneAgeError
+from boneage_core.rsna import DataReport, load_table
 
 
 def check_directory(root: str | Path) -> tuple[str, bool]:
