@@ -86,9 +86,9 @@ def test_two_machines_on_postgresql_share_one_study_and_budget(tmp_path, study, 
     assert 4 <= len(finished(s)) <= 5 and len(finished(s)) == len(s.get_trials())
 
 
-def _wait_for_running_trial(tmp_path, proc, timeout=120):
-    """Until a trial has run an epoch. Reads the SQLite file read-only: opening it through Optuna
-    while the run creates it would race the run's schema creation."""
+def _wait_for_running_trial(tmp_path, proc, timeout=120, count=1):
+    """Until `count` trials are running and have run an epoch. Reads the SQLite file read-only: opening
+    it through Optuna while the run creates it would race the run's schema creation."""
     db = tmp_path / "studies" / "tiny.db"
     query = (
         "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
@@ -100,7 +100,7 @@ def _wait_for_running_trial(tmp_path, proc, timeout=120):
         if db.is_file():
             try:
                 with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                    if conn.execute(query).fetchone()[0]:
+                    if conn.execute(query).fetchone()[0] >= count:
                         return
             except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
                 pass
@@ -160,6 +160,18 @@ def test_ctrl_c_or_sigterm_fails_the_current_trial_exits_and_resumes(tmp_path, s
     assert states == [TrialState.FAIL]  # consistent: nothing left RUNNING
     r = run_main("run", "--study", str(study), "--trials", "1", *LONG, "--quiet", cwd=tmp_path, capsys=capsys)
     assert r.returncode == 0 and len(finished(load(tmp_path))) == 1
+
+
+def test_sigterm_to_the_first_process_stops_its_workers_and_leaves_no_trial_running(tmp_path, study):
+    """kill (SIGTERM) reaches the command's own process only; it tells the worker it started, and both
+    trials in progress are failed, none left RUNNING for the heartbeat to find later."""
+    proc = start_run(tmp_path, study, "--trials", "4", "--workers", "2", "--set", "train.epochs=30")
+    _wait_for_running_trial(tmp_path, proc, count=2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert "rerun the same command to continue" in proc.stderr.read()
+    states = [t.state for t in load(tmp_path).get_trials()]
+    assert states.count(TrialState.FAIL) == 2 and TrialState.RUNNING not in states
 
 
 def test_timeout_stops_between_trials(tmp_path, study, capsys):
