@@ -102,3 +102,25 @@ def test_bench_bad_input_is_one_line(tmp_path, args, fragments, capsys):
     (tmp_path / "afile").write_text("x")
     args = [a.replace("{file}", str(tmp_path / "afile" / "out")) for a in args]
     assert_one_line_error(run_main("bench", "--quick", *args, cwd=tmp_path, capsys=capsys), *fragments)
+
+
+def test_each_finished_section_is_written_before_a_later_one_fails(tmp_path, monkeypatch):
+    """A crash minutes into a run (as the GPU section did on a GPU machine) must not lose the sections
+    already measured: bench.json and bench.md are rewritten after every section."""
+    from benchmarks import run as bench_run
+    from benchmarks.common import section
+
+    def first(**_):
+        s = section("First", "a target")
+        s.update(measured="42x", figures={"x": 1})
+        return s
+
+    def second(**_):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench_run, "BENCHES", {"data_path": first, "storage": second})
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        bench_run.run_bench(tmp_path / "out", quick=True, only="data_path,storage", log=lambda line: None)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert list(report["sections"]) == ["data_path"] and report["sections"]["data_path"]["measured"] == "42x"
+    assert "42x" in (tmp_path / "out" / "bench.md").read_text()

@@ -220,3 +220,34 @@ def test_data_placement_can_be_forced_and_a_cpu_always_holds_the_data():
     assert device_mod.place_images(TrainConfig(), [], None, torch.device("cpu"), 0.5) == "device"
     with pytest.raises(BoneAgeError, match="data_placement"):
         make_config({"data_placement": "gpu"})
+
+
+def test_a_checkpoint_restores_onto_a_model_on_another_device(small, tmp_path):
+    """Resuming on a GPU crashed: loading with map_location=<the model's device> also moved the random
+    generator's state there, and Generator.set_state takes only a CPU byte tensor. The meta device
+    stands in for a GPU here: the checkpoint is read on the CPU and each tensor placed by the module
+    and optimizer that own it, the Adam step counters staying on the CPU."""
+    import warnings
+
+    from boneage_core.checkpoint import TrainingState, restore_checkpoint
+    from boneage_core.models import build_model
+
+    train, val = small
+    ckpt = tmp_path / "run.pt"
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(CFG, train, val, on_epoch_end=stop, checkpoint=ckpt)
+    model = build_model(CFG).to("meta")
+    state = TrainingState(
+        model, train_mod.make_optimizer(CFG, model), None, torch.amp.GradScaler("cuda", enabled=False),
+        torch.Generator(),
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # copying into meta parameters is a no-op, and torch says so
+        restored = restore_checkpoint(ckpt, CFG, state)
+    assert len(restored.history) == 1
+    steps = [s["step"] for s in state.optimizer.state_dict()["state"].values()]
+    assert steps and all(s.device.type == "cpu" for s in steps)
