@@ -2,7 +2,7 @@
 
 The test split is read here and by the report only. Both recipes train on the same train+val images
 and are scored on the same test images, K seeds each. Every comparison resamples seeds as well as test
-images (boneage_core.metrics): on the demo the seed recipe's test MAE ran from 14.2 to 17.7 months
+images (boneage_core.metrics): on the demo the seed recipe's test MAE ran from 13.2 to 19.0 months
 over three seeds, far more than the test set's own uncertainty.
 
 Every epoch is checkpointed under a key of everything that decides the weights (config, seed, data

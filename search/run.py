@@ -144,6 +144,7 @@ def search_loop(study, objective, spec: StudySpec, url: str, n_trials: int, time
     while True:
         try:
             c = counts(study)
+            outage.since = None  # the storage answers
             _show(bar, study, c, n_trials)
             step = next_step(c, n_trials, timeout_s is not None and time.monotonic() - start > timeout_s)
             if step in ("done", "timeout"):
@@ -156,7 +157,6 @@ def search_loop(study, objective, spec: StudySpec, url: str, n_trials: int, time
                     continue
                 study.optimize(objective, n_trials=1, catch=TRIAL_FAILURES, callbacks=callbacks)
             _check_failures(study)
-            outage.since = None
         except Exception as exc:
             outage.handle(exc)
 
