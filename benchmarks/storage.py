@@ -40,7 +40,7 @@ def burn(k: int) -> int:
 
 
 def open_study(url: str, name: str, heartbeat: bool = True) -> optuna.Study:
-    """The study as `search run` opens it (search.storage: heartbeat, stale-trial retry), with a random
+    """The study as `search run` opens it (search.study: heartbeat, stale-trial retry), with a random
     sampler and no pruner so that the figures are the storage's and not TPE's."""
     options = StudyOptions()
     storage = open_storage(url, heartbeat=(options.heartbeat_interval, options.grace_period) if heartbeat else None)
