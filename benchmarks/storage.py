@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -102,28 +103,24 @@ def storage_run(url: str, workers: int, n_trials: int, iterations: int) -> dict:
 
 @contextlib.contextmanager
 def scratch_postgres(admin_url: str) -> Iterator[str | None]:
-    """A fresh database on the server of admin_url, dropped afterwards; None if the server is not there."""
-    import psycopg2
+    """A fresh database on the server of admin_url, dropped afterwards; None if the server is not there.
+    The URL it yields is a plain postgresql:// one, as every Optuna tool reads it."""
+    import psycopg
 
-    dsn = admin_url.replace("postgresql+psycopg2://", "postgresql://")
+    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", admin_url)
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=3)
-    except psycopg2.OperationalError:
+        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError:
         yield None
         return
-    conn.autocommit = True
     name = f"boneage_scratch_{uuid.uuid4().hex[:10]}"
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
+    with conn:
+        conn.execute(f"CREATE DATABASE {name}")
     try:
         yield dsn.rsplit("/", 1)[0] + "/" + name
     finally:
-        conn = psycopg2.connect(dsn, connect_timeout=10)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.close()
+        with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def bench_storage(sizes: Sizes, work: Path, postgres: str, **_) -> dict:

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from boneage_core import BoneAgeError
-from search.specs import StudySpec, load_spec
+from search.specs import StudySpec, load_spec, shown_path
 from search.study import default_storage_url, redact
 
 
@@ -21,8 +21,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     spec, url = _spec_and_url(args)
     if not args.quiet:
         print(
-            f"study '{spec.name}' in {redact(url)}: searching {', '.join(spec.space) or 'nothing'} "
-            f"until {args.trials} trials have finished",
+            f"study '{spec.name}' ({shown_path(spec.path)}) in {redact(url)}: searching "
+            f"{', '.join(spec.space) or 'nothing'} until {args.trials} trials have finished",
             flush=True,
         )
     start = time.monotonic()
@@ -106,7 +106,7 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
         out = write_report(study, argv=argv)
     except OSError as exc:
         raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
-    print(f"report written to {out}/ (open {out}/index.html)")
+    print(f"report written to {out}/ (open {out}/index.html); study file {shown_path(spec.path)}")
     return 0
 
 
@@ -116,6 +116,7 @@ def status(args: argparse.Namespace, argv: list[str]) -> int:
 
     spec, url = _spec_and_url(args)
     print(status_text(load_existing_study(spec.name, url, read_only=True)))
+    print(f"study file: {shown_path(spec.path)}")
     return 0
 
 

@@ -87,18 +87,28 @@ def check_study_name(name: str, where: str) -> str:
 
 
 def find_study_file(study: str) -> Path:
-    """A name in studies/ or a path to a TOML file."""
+    """A path to a TOML file, or a name: ./studies/NAME.toml of the current directory when it exists
+    (the copy a user edits), else the one this package ships."""
     candidate = Path(study)
     if candidate.suffix == ".toml" or "/" in study:
         if not candidate.is_file():
             raise BoneAgeError(f"study file {candidate} does not exist")
         return candidate
     check_study_name(study, "--study")
-    path = STUDIES_DIR / f"{study}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
-        raise BoneAgeError(f"unknown study '{study}': no {path}; known studies: {', '.join(known) or 'none'}")
-    return path
+    for folder in (Path("studies"), STUDIES_DIR):
+        if (folder / f"{study}.toml").is_file():
+            return folder / f"{study}.toml"
+    known = sorted({p.stem for folder in (Path("studies"), STUDIES_DIR) for p in folder.glob("*.toml")})
+    raise BoneAgeError(
+        f"unknown study '{study}': no studies/{study}.toml here or in {STUDIES_DIR}; "
+        f"known studies: {', '.join(known) or 'none'}"
+    )
+
+
+def shown_path(path: Path) -> str:
+    """A study file's path as a user reads it: relative to the current directory when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(resolved)
 
 
 def _parse_value(text: str) -> Any:

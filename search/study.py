@@ -174,17 +174,6 @@ def storage_fault(exc: BaseException, url: str | None) -> str | None:
     return None
 
 
-def with_driver(url: str) -> str:
-    """postgresql://... with the installed driver: SQLAlchemy 2.1 means psycopg 3 by a bare
-    postgresql://, while this project installs psycopg2-binary."""
-    if url.startswith("postgresql://"):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
 def open_storage(
     url: str, heartbeat: tuple[int, int] | None = None, create: bool = True, read_only: bool = False
 ) -> RDBStorage:
@@ -196,7 +185,7 @@ def open_storage(
     if not create and path is not None and not path.is_file():
         raise BoneAgeError(f"no study storage at {path}: run `python -m search run` first, or pass --storage")
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    driver_url = with_driver(url)
+    driver_url = url
     if path is not None:
         engine_kwargs = {"connect_args": {"timeout": 60}}
         if read_only:

@@ -29,7 +29,6 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import DEFAULT_POSTGRES_URL  # noqa: E402
 from boneage_core.phantom import generate_image, write_phantom  # noqa: E402
-from search.study import with_driver  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,7 +214,7 @@ def study(tmp_path, phantom_src):
 
 
 def load(tmp_path, url=None) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=with_driver(url or f"sqlite:///{tmp_path}/studies/tiny.db"))
+    return optuna.load_study(study_name="tiny", storage=url or f"sqlite:///{tmp_path}/studies/tiny.db")
 
 
 def finished(study: optuna.Study) -> list:
@@ -246,7 +245,7 @@ def start_run(cwd, study, *extra, stderr=subprocess.PIPE) -> subprocess.Popen:
 def postgres_url():
     """A scratch database on the server at 127.0.0.1:5432, dropped after the test (the same helper the
     storage benchmark uses)."""
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     from benchmarks.storage import scratch_postgres
 
     with scratch_postgres(DEFAULT_POSTGRES_URL) as url:

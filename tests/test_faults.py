@@ -213,9 +213,7 @@ def test_postgres_restart_mid_run_reconnects_and_reaches_n(tmp_path, study, post
 def _last_beat(url: str, trial_id: int):
     import sqlalchemy
 
-    from search.study import with_driver
-
-    engine = sqlalchemy.create_engine(with_driver(url))
+    engine = sqlalchemy.create_engine(url)
     try:
         with engine.connect() as conn:
             query = sqlalchemy.text("select heartbeat from trial_heartbeats where trial_id = :t")

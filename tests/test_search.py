@@ -401,3 +401,24 @@ def test_each_worker_process_starts_with_its_own_gpu_and_the_parents_environment
     procs = workers.start_workers(print, lambda i: (i,), ["2", "3", "2"])
     assert len(procs) == 2 and seen == [((1,), "3"), ((2,), "2")]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_a_study_name_reads_the_current_directorys_studies_folder_first(tmp_path, phantom_src, capsys, monkeypatch):
+    """A user's edited ./studies/NAME.toml is the study that runs, and run, status and report say which
+    file they read; without one, the packaged study of that name is used."""
+    from tests.conftest import TINY_STUDY
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(TINY_STUDY.format(source=phantom_src))
+    r = main_ok("run", "--study", "tiny", "--trials", "1", cwd=tmp_path, capsys=capsys)
+    assert "study 'tiny' (studies/tiny.toml)" in r.stdout
+    assert "study file: studies/tiny.toml" in main_ok("status", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
+    assert "study file studies/tiny.toml" in main_ok("report", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
+    from search.specs import STUDIES_DIR, load_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies" / "demo.toml").write_text(
+        (STUDIES_DIR / "demo.toml").read_text() + "\n[study]\nname = 'mine'\n"
+    )
+    assert load_spec("demo").name == "mine"  # the edited copy, not the packaged one
+    assert load_spec("rsna").path == STUDIES_DIR / "rsna.toml"  # no local copy: the packaged one
