@@ -12,8 +12,9 @@ from boneage_core.dataset import SplitsBySize
 from boneage_core.metrics import regression_metrics
 from boneage_core.train import fit
 from search.record import check_settings, device_description, provenance, record_command, study_settings
+from search.report import save_study_note
 from search.specs import StudySpec
-from search.study import load_existing_study
+from search.study import load_existing_study, name_the_metric
 
 
 def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3, argv: list[str] | None = None) -> dict:
@@ -48,4 +49,6 @@ def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3,
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
     study.set_user_attr("baseline", record)
+    name_the_metric(study)
+    save_study_note(study)
     return record

@@ -88,6 +88,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         baseline_overrides=changes.get("baseline", {}),
         quiet=args.quiet,
         argv=argv,
+        url=url,
     )
     print("\n".join(retrain_lines(out)))
     print(f"written to results/{spec.name}/")
@@ -124,7 +125,7 @@ def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
     from search.dashboard import serve
 
     spec, url = _spec_and_url(args)
-    serve(url, args.host, args.port)
+    serve(url, args.host, args.port, spec.name)
     return 0
 
 

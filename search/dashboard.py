@@ -8,7 +8,7 @@ import signal
 import socket
 
 from boneage_core import BoneAgeError
-from search.study import open_storage, redact
+from search.study import artifact_dir, open_storage, redact
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,18 @@ def check_port_free(host: str, port: int) -> None:
             raise BoneAgeError(f"cannot listen on {host}:{port} ({exc.strerror}); check --host") from None
 
 
-def serve(url: str, host: str, port: int) -> None:
+def serve(url: str, host: str, port: int, study_name: str | None = None) -> None:
+    """optuna-dashboard on the storage; with study_name, the files retrain attached to that study
+    (search.study.artifact_dir) are listed and served too."""
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
     check_port_free(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the dashboard listens on %s: anyone who can reach this address can read the study", host)
     storage = open_storage(url, create=False)
+    files = artifact_dir(study_name, url) if study_name else None
+    store = FileSystemArtifactStore(str(files)) if files is not None and files.is_dir() else None
     print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
     # bottle, under optuna-dashboard, ends quietly on any KeyboardInterrupt: SIGTERM is remembered here
     # and handed back to the CLI's own handler afterwards, which exits 143 as for every command
@@ -48,7 +53,7 @@ def serve(url: str, host: str, port: int) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        run_server(storage, host=host, port=port)
+        run_server(storage, host=host, port=port, artifact_store=store)
     except KeyboardInterrupt:
         pass
     finally:

@@ -400,6 +400,27 @@ def write_report(study: optuna.Study, results_dir: Path = Path("results"), argv:
     return out_dir
 
 
+def study_note(study: optuna.Study, retrained: dict[str, Any] | None = None) -> str:
+    """The study's note in optuna-dashboard (Markdown): the verdict when there is a final test, the
+    validation table and the final-test table, from the same words and numbers as summary.md."""
+    s = summary_dict(study, retrained or {}, png_missing=None)
+    lines = [f"# Study {study.study_name}: val and test MAE in months", ""]
+    if "test" in s:
+        verdict = verdict_sentence(s["test"]["best_minus_baseline"])
+        lines += [f"**Verdict** ({s['test']['seeds']} seeds per recipe): {verdict}.", ""]
+    lines += _val_section(s)
+    if "test" in s:
+        lines += _test_section(s["test"])
+    lines += ["Written by `python -m search baseline` and `retrain`; `python -m search report` has the figures."]
+    return "\n".join(lines) + "\n"
+
+
+def save_study_note(study: optuna.Study, retrained: dict[str, Any] | None = None) -> None:
+    from optuna_dashboard import save_note
+
+    save_note(study, study_note(study, retrained))
+
+
 def summary_dict(
     study: optuna.Study, retrained: dict[str, Any], png_missing: str | None, argv: list[str] | None = None
 ) -> dict[str, Any]:

@@ -48,8 +48,10 @@ from search.record import (
     record_command,
     study_settings,
 )
+from search.report import save_study_note
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
+from search.study import attach_files
 
 RECIPES = ("best", "baseline")  # the tuned recipe and the seed recipe, in every file and table
 
@@ -181,11 +183,13 @@ def retrain(
     checkpoint_dir: Path = Path("checkpoints"),
     quiet: bool = False,
     argv: list[str] | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """Both recipes, K seeds each, on the study's data, which must match the study's settings (the seed
     recipe is the study's own, changed only by baseline_overrides). The command (argv) is recorded in
     the study before training; the outcome goes to results/<study>/retrain.json and, in short, to the
-    study's 'retrain' attr (what status shows)."""
+    study's 'retrain' attr (what status shows) and its note in optuna-dashboard. With the study's url,
+    retrain.json and the prediction files are attached to the study as artifacts."""
     data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
     check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
     plan = recipes(study, spec, train_overrides or {}, baseline_overrides)
@@ -227,6 +231,9 @@ def retrain(
     write_json(out_dir / "retrain.json", summary)
     short = {n: {"mae": r["mae"], "config": r["config"]} for n, r in summary["recipes"].items()}
     study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
+    save_study_note(study, summary)
+    if url is not None:
+        attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])
     return summary
 
 

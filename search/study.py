@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # query keys whose values are secrets
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+]*")  # what an unreadable URL may still show
 PERSISTENT_BACKENDS = ("sqlite", "postgresql", "mysql")
+METRIC_NAMES = ["val MAE (months)"]  # the objective, as optuna-dashboard and Optuna's plots name it
 
 
 def _parse(url: str) -> URL | None:
@@ -297,7 +298,7 @@ def open_study(spec: StudySpec, url: str, offset: int = 0, heartbeat: bool = Tru
     # Optuna logs every failed trial with its traceback; the run loop prints one line instead, and the
     # reason is stored in the trial's fail_reason attr
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
         direction="minimize",
@@ -305,6 +306,37 @@ def open_study(spec: StudySpec, url: str, offset: int = 0, heartbeat: bool = Tru
         pruner=make_pruner(spec.pruner, spec.train.epochs),
         load_if_exists=True,
     )
+    name_the_metric(study)
+    return study
+
+
+def name_the_metric(study: optuna.Study) -> None:
+    """The objective by its name and unit, as optuna-dashboard and every plot of the study show it."""
+    if study.metric_names != METRIC_NAMES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
+
+
+def artifact_dir(study_name: str, url: str) -> Path:
+    """Where a study's files for optuna-dashboard live (Optuna's file-system artifact store): beside a
+    SQLite study file, else in studies/ of the current directory."""
+    path = sqlite_path(url)
+    return (path.parent if path is not None else Path("studies")) / f"{study_name}-artifacts"
+
+
+def attach_files(study: optuna.Study, url: str, files: list[Path]) -> Path:
+    """The files as artifacts of the study, so optuna-dashboard lists them; the store's directory."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    where = artifact_dir(study.study_name, url)
+    where.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(where))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for f in files:
+            upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=study)
+    return where
 
 
 def quiet_optuna_warnings() -> None:

@@ -285,7 +285,7 @@ def test_dashboard_warns_when_bound_beyond_this_machine(monkeypatch, caplog, tmp
     from search import dashboard
 
     served = {}
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.update(host=host))
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port, **kw: served.update(host=host))
     optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/x.db")
     with caplog.at_level(logging.WARNING):
         dashboard.serve(f"sqlite:///{tmp_path}/x.db", "0.0.0.0", 0)

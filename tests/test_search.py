@@ -277,8 +277,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_serves_the_study_over_http_and_refuses_a_busy_port(tmp_path, study, capsys):
-    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+def _get_json(url: str, proc, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.3)
+
+
+def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refuses_a_busy_port(
+    tmp_path, study, capsys
+):
+    for command in (["run", "--trials", "2"], ["baseline", "--seeds", "2"], ["retrain", "--seeds", "2"]):
+        main_ok(*command, "--study", str(study), "--quiet", cwd=tmp_path, capsys=capsys)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -290,16 +304,22 @@ def test_dashboard_serves_the_study_over_http_and_refuses_a_busy_port(tmp_path, 
         text=True,
     )
     try:
-        deadline, body = time.monotonic() + 60, None
-        while time.monotonic() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
-                    body = json.loads(resp.read())
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.3)
-        assert body is not None, "dashboard never answered"
+        body = _get_json(f"http://127.0.0.1:{port}/api/studies", proc)
         assert [s["study_name"] for s in body["study_summaries"]] == ["tiny"]
+        study_id = body["study_summaries"][0]["study_id"]
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}", proc)
+        assert detail["objective_names"] == ["val MAE (months)"]
+        base = load(tmp_path).user_attrs["baseline"]
+        note = detail["note"]["body"]
+        assert f"seed recipe, mean ± SD over 2 seeds | {base['val_mae_months']:.2f}" in note
+        assert "## Final test" in note and "| recipe | MAE (months) |" in note
+        files = sorted(a["filename"] for a in detail["artifacts"])
+        assert files == ["predictions_baseline_seed0.csv", "predictions_baseline_seed1.csv",
+                         "predictions_best_seed0.csv", "predictions_best_seed1.csv", "retrain.json"]  # fmt: skip
+        retrain_json = next(a for a in detail["artifacts"] if a["filename"] == "retrain.json")
+        served = f"http://127.0.0.1:{port}/artifacts/{study_id}/{retrain_json['artifact_id']}"
+        with urllib.request.urlopen(served, timeout=5) as resp:
+            assert json.loads(resp.read())["study"] == "tiny"  # the file itself, served by the dashboard
         busy = run_main("dashboard", "--study", str(study), "--port", str(port), cwd=tmp_path, capsys=capsys)
         assert_one_line_error(busy, f"port {port} on 127.0.0.1 is in use", "--port")
         proc.terminate()  # SIGTERM, as systemd or kill stop a dashboard: the documented 143
