@@ -50,7 +50,7 @@ def gpu_throughput(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        train_one_epoch(state, images, targets, male, cfg)  # returns a float: synced
+        train_one_epoch(state, images, targets, male, cfg)  # returns floats: synced
         epoch_s = time.perf_counter() - start
         trained = n_images // bs * bs
         row = {

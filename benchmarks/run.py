@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from benchmarks import DEFAULT_POSTGRES_URL
 from benchmarks.common import Sizes
@@ -65,7 +66,7 @@ def run_bench(
     only: str | None = None,
     postgres: str = DEFAULT_POSTGRES_URL,
     search_trials: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
     argv: list[str] | None = None,
 ) -> dict:
     """Run the named benchmarks (default all) and write <out_dir>/bench.json and bench.md after each.
@@ -91,8 +92,8 @@ def run_bench(
     }
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="boneage-bench-") as tmp:
-        for name in names:
-            log(f"bench {name} ...")
+        for name in (bar := tqdm(names, desc="bench", unit="section", dynamic_ncols=True)):
+            bar.set_postfix_str(name)
             t0 = time.perf_counter()
             work = Path(tmp) / name
             work.mkdir()
@@ -102,7 +103,7 @@ def run_bench(
                 torch.set_num_threads(threads)
             result["seconds"] = round(time.perf_counter() - t0, 1)
             report["sections"][name] = result
-            log(f"  {result['measured']}")
+            log(f"{name}: {result['measured']}")
             report["total_s"] = round(time.perf_counter() - start, 1)
             write_report(out, report)  # each finished section is kept, whatever a later one does
     return report

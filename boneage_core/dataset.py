@@ -82,7 +82,7 @@ def resolve_source(settings: DataSettings, cache_dir: Path | None = None, quiet:
         if not quiet:
             print(f"writing the embedded phantom dataset ({settings.phantom_n} images) to {root}", flush=True)
         try:
-            write_phantom(root, settings.phantom_n, settings.seed)
+            write_phantom(root, settings.phantom_n, settings.seed, quiet=quiet)
         except OSError as exc:
             raise BoneAgeError(
                 f"cannot write the phantom dataset to {root} ({exc.strerror}); set BONEAGE_CACHE_DIR"

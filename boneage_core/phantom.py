@@ -11,6 +11,7 @@ LABEL_NOISE_SD_MONTHS, so no model can beat an expected MAE of about 0.8 x SD on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
 LABEL_NOISE_SD_MONTHS = 6.0
 NOISE_FLOOR_MAE_MONTHS = LABEL_NOISE_SD_MONTHS * math.sqrt(2.0 / math.pi)  # E|N(0, sd)| = 0.798 sd
@@ -181,18 +183,23 @@ def _write_one(args: tuple[Path, int, int]) -> dict:
     return {"id": case_id, "boneage": rated, "male": male}
 
 
-def write_phantom(out_dir: str | Path, n: int, seed: int = 0, workers: int | None = None) -> Path:
+def write_phantom(out_dir: str | Path, n: int, seed: int = 0, workers: int | None = None, quiet: bool = True) -> Path:
     """Write n phantom radiographs and their labels in the Kaggle layout; returns the directory."""
     out = Path(out_dir)
     img_dir = out / TRAIN_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(img_dir, seed, index) for index in range(n)]
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and n > 16:
-        with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_write_one, jobs, chunksize=8))
-    else:
-        rows = [_write_one(job) for job in jobs]
+    bar = tqdm(total=n, desc="writing the phantom", unit="img", disable=quiet, dynamic_ncols=True)
+    with bar, contextlib.ExitStack() as stack:
+        if workers > 1 and n > 16:
+            done = stack.enter_context(ProcessPoolExecutor(workers)).map(_write_one, jobs, chunksize=8)
+        else:
+            done = map(_write_one, jobs)
+        rows = []
+        for row in done:
+            rows.append(row)
+            bar.update(1)
     # the CSV is written last and atomically, so a directory holding it is a complete phantom
     tmp = out / (TRAIN_CSV + ".tmp")
     pd.DataFrame(rows).to_csv(tmp, index=False)

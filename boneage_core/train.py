@@ -8,7 +8,6 @@ that raises (the search raises optuna.TrialPruned there) goes straight through.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from boneage_core.augment import augmented_batch, normalize
 from boneage_core.checkpoint import TrainingState, restore_checkpoint, save_checkpoint
@@ -96,11 +96,12 @@ def training_batches(
 
 def train_one_epoch(
     state: TrainingState, images: torch.Tensor, targets: torch.Tensor, male: torch.Tensor, cfg: TrainConfig
-) -> float:
-    """One pass over the training images in a seeded random order; returns the mean loss."""
+) -> tuple[float, float]:
+    """One pass over the training images in a seeded random order: the mean loss and the mean absolute
+    error on the (augmented) batches it trained on, in standardized units (times the ages' SD: months)."""
     state.model.train()
     device = targets.device
-    total = torch.zeros((), device=device)
+    total, total_abs = torch.zeros((), device=device), torch.zeros((), device=device)
     n_batches = 0
     batches = training_batches(
         images, cfg.batch_size, cfg.aug_strength, state.generator, device, aug_intensity=cfg.aug_intensity
@@ -116,8 +117,10 @@ def train_one_epoch(
         if state.scheduler is not None:
             state.scheduler.step()
         total += loss.detach()  # summed on the device: no CPU-GPU sync per step
+        total_abs += (pred.detach().float() - targets[idx]).abs().mean()
         n_batches += 1
-    return float(total) / max(n_batches, 1)
+    n = max(n_batches, 1)
+    return float(total) / n, float(total_abs) / n
 
 
 @torch.no_grad()
@@ -224,16 +227,34 @@ def _resume(result: FitResult, restored) -> None:
     result.pred_months_without_bn_reestimation = restored.pred_months_without_bn_reestimation
 
 
+def _epoch_bar(progress: str | None, epochs: int, done: int):
+    """A bar over a fit's epochs, or None: ETA from the epochs so far, the last MAE in months."""
+    if progress is None:
+        return None
+    return tqdm(total=epochs, initial=done, desc=progress, unit="epoch", dynamic_ncols=True, leave=True)
+
+
+def _advance(bar, row: dict, eval_label: str) -> None:
+    if bar is None:
+        return
+    if "val_mae_months" in row:  # the evaluation split's MAE, whichever split that is
+        bar.set_postfix_str(f"{eval_label} MAE {row['val_mae_months']:.2f} months", refresh=False)
+    else:
+        bar.set_postfix_str(f"train MAE {row['train_mae_months']:.2f} months (augmented)", refresh=False)
+    bar.update(1)
+
+
 def fit(
     cfg: TrainConfig,
     train: Split,
     eval_split: Split,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     checkpoint: str | Path | None = None,
-    quiet: bool = True,
     eval_each_epoch: bool = True,
     eval_without_bn_reestimation: bool = False,
     memory_share: float = 1.0,
+    progress: str | None = None,
+    eval_label: str = "val",
 ) -> FitResult:
     """Train cfg on train, evaluate MAE in months on eval_split after every epoch (or only after the
     last, when eval_split is a test set that must not be looked at along the way).
@@ -243,6 +264,8 @@ def fit(
     without that step. With checkpoint, every epoch is saved there and a rerun with the same config
     resumes after the last saved epoch; a finished checkpoint gives back its predictions.
     memory_share: the part of the GPU's memory this process may plan for (1/K for K workers on it).
+    progress: a description for a progress bar over the epochs (on stderr), None for none; eval_label
+    names the evaluation split on it.
     """
     check_config(cfg)
     if cfg.batch_size > len(train):
@@ -259,24 +282,26 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
         _resume(result, restore_checkpoint(ckpt, cfg, state))
+    bar = _epoch_bar(progress, cfg.epochs, len(result.history))
     for epoch in range(len(result.history) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
+        loss, abs_err = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
         if not math.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss} in epoch {epoch} (lr {cfg.lr:g})")
-        row: dict = {"epoch": epoch, "train_loss": loss}
+        row: dict = {"epoch": epoch, "train_loss": loss, "train_mae_months": abs_err * std}
         last = epoch == cfg.epochs
         if eval_each_epoch or last:
             raw = last and eval_without_bn_reestimation
             row.update(_evaluate_epoch(cfg, state.model, data, eval_split, result, epoch, raw))
         row["epoch_time_s"] = time.perf_counter() - t0
         result.history.append(row)
-        if not quiet:
-            print(json.dumps(row), flush=True)
+        _advance(bar, row, eval_label)
         if ckpt is not None:
             save_checkpoint(ckpt, cfg, state, result.history, _final_eval(result) if last else None)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+    if bar is not None:
+        bar.close()
     if result.pred_months is None:  # resumed after the last epoch from an older checkpoint: evaluate once
         result.pred_months = _predict(state.model, data.eval_images, data.eval_male, cfg, mean, std)
     if not result.metrics:  # resumed from a finished checkpoint, whose predictions it holds

@@ -31,9 +31,9 @@ def run_baseline(spec: StudySpec, url: str, quiet: bool = False, seeds: int = 3,
     start = time.perf_counter()
     runs = []  # (metrics, history) per seed; the models are not kept
     for k in range(seeds):
-        if not quiet and seeds > 1:
-            print(f"seed {k + 1}/{seeds}", flush=True)
-        result = fit(dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k), train, val, quiet=quiet)
+        shown = f"seed recipe, seed {k + 1}/{seeds} ({len(train)} images, {spec.baseline.image_size} px)"
+        cfg = dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k)
+        result = fit(cfg, train, val, progress=None if quiet else shown)
         runs.append((result.metrics, result.history))
     per_seed = [metrics["mae_months"] for metrics, _ in runs]
     mean_predictor = np.full(len(val), train.age_months.mean())  # the trivial reference: the training mean

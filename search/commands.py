@@ -134,7 +134,7 @@ def data(args: argparse.Namespace) -> int:
 
     if args.data_command == "make-phantom":
         try:
-            out = write_phantom(args.out, args.n, args.seed)
+            out = write_phantom(args.out, args.n, args.seed, quiet=False)
         except OSError as exc:
             raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
         print(

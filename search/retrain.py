@@ -48,7 +48,7 @@ from search.record import (
     record_command,
     study_settings,
 )
-from search.report import save_study_note
+from search.report import NAMES, save_study_note
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 from search.study import attach_files
@@ -149,12 +149,7 @@ def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ck
     preds, tta_preds, raw_preds = [], [], []
     for k in range(seeds):
         c = dataclasses.replace(cfg, seed=cfg.seed + k)
-        if not quiet:
-            print(
-                f"retrain {name}, seed {k + 1}/{seeds}: {c.epochs} epochs on {len(trainval)} images at "
-                f"{c.image_size} px",
-                flush=True,
-            )
+        shown = f"retrain {NAMES[name]}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
         key = checkpoint_key(c, data.fingerprint(), trainval, test)
         r: FitResult = fit(
             c,
@@ -163,6 +158,8 @@ def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ck
             checkpoint=ckpt_dir / f"{name}-seed{k}-{key}.pt",
             eval_each_epoch=False,
             eval_without_bn_reestimation=name == "baseline",
+            progress=None if quiet else shown,
+            eval_label="test",
         )
         preds.append(r.pred_months)
         if r.pred_months_without_bn_reestimation is not None:

@@ -442,3 +442,23 @@ def test_a_study_name_reads_the_current_directorys_studies_folder_first(tmp_path
     )
     assert load_spec("demo").name == "mine"  # the edited copy, not the packaged one
     assert load_spec("rsna").path == STUDIES_DIR / "rsna.toml"  # no local copy: the packaged one
+
+
+def test_long_commands_show_progress_in_months_and_quiet_silences_them(tmp_path, study, kaggle_dir, capsys):
+    """A bar per seed with epochs, ETA and the last MAE in months, on stderr; never raw JSON."""
+    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    shown = {
+        "baseline": main_ok("baseline", "--study", str(study), "--seeds", "1", cwd=tmp_path, capsys=capsys),
+        "retrain": main_ok("retrain", "--study", str(study), "--seeds", "1", cwd=tmp_path, capsys=capsys),
+        "cache": main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys),
+    }
+    bars = {k: r.stderr.replace("\r", "\n") for k, r in shown.items()}
+    assert "seed recipe, seed 1/1 (28 images, 32 px): 100%" in bars["baseline"] and "2/2 [" in bars["baseline"]
+    assert "val MAE" in bars["baseline"] and "months" in bars["baseline"]
+    assert "retrain best, seed 1/1 (34 images, 32 px): 100%" in bars["retrain"]
+    assert "test MAE" in bars["retrain"] and "retrain seed recipe, seed 1/1" in bars["retrain"]
+    assert "decoding 32px cache: 100%" in bars["cache"]
+    for r in shown.values():
+        assert not any(line.lstrip().startswith("{") for line in (r.stdout + r.stderr).splitlines())
+    quiet = main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert quiet.stderr == ""
