@@ -19,18 +19,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from boneage_core.metrics import AGE_BRACKETS_MONTHS
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
+from search.figures import FIGURES, GROUPS, NAMES, search_figures, test_figures
 from search.files import write_atomic, write_bytes_atomic, write_json
+from search.page import figure_page, index_page
 from search.record import command_line, describe_changes, plain, recorded_commands
-
-NAMES = {"best": "best", "baseline": "seed recipe"}
-COLOURS = {"best": "#0072B2", "baseline": "#E69F00"}  # Okabe-Ito blue and orange: safe for colour-blind readers
-GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
-    ("mae_male_months", "male", "male"),
-    ("mae_female_months", "female", "female"),
-]
-
 
 # ---------------------------------------------------------------------------------------------------
 # words from numbers
@@ -195,151 +188,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _study_figures(study: optuna.Study) -> dict[str, Any]:
-    import optuna.visualization as vis
-
-    figs: dict[str, Any] = {}
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not complete:
-        return figs
-    history = vis.plot_optimization_history(study, target_name="val MAE (months)")
-    history.update_yaxes(type="log", title="val MAE (months, log scale)")  # one diverged trial flattens the rest
-    base = study.user_attrs.get("baseline")
-    if base:  # traces, not shapes: shapes on a log axis take log10 units, and renderers disagree on them
-        per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
-        n = len(study.get_trials(deepcopy=False))
-        x = [-0.5, n - 0.5]
-        band = dict(mode="lines", line=dict(width=0, color=COLOURS["baseline"]), hoverinfo="skip")
-        history.add_scatter(x=x, y=[min(per_seed)] * 2, showlegend=False, **band)
-        history.add_scatter(
-            x=x,
-            y=[max(per_seed)] * 2,
-            fill="tonexty",
-            fillcolor="rgba(230, 159, 0, 0.25)",
-            name=f"seed recipe: range of {len(per_seed)} seeds",
-            **band,
-        )
-        history.add_scatter(
-            x=x,
-            y=[base["val_mae_months"]] * 2,
-            mode="lines",
-            line=dict(dash="dash", color=COLOURS["baseline"]),
-            name=f"seed recipe: mean {base['val_mae_months']:.2f}",
-        )
-    figs["optimization_history"] = history
-    figs["intermediate_values"] = vis.plot_intermediate_values(study)
-    if len(complete) >= 2 and study.best_trial.params:
-        figs["param_importances"] = vis.plot_param_importances(study, target_name="val MAE")
-        figs["parallel_coordinate"] = vis.plot_parallel_coordinate(study, target_name="val MAE")
-        figs["slice"] = vis.plot_slice(study, target_name="val MAE")
-    return figs
-
-
-def _read_predictions(out_dir: Path, retrained: dict[str, Any]) -> dict[str, np.ndarray]:
-    """{recipe: (seeds, images) predictions} and the labels, from the CSVs retrain wrote."""
-    preds: dict[str, Any] = {}
-    for name in retrained.get("recipes", {}):
-        frames = [out_dir / f"predictions_{name}_seed{k}.csv" for k in range(retrained["seeds"])]
-        if not all(f.is_file() for f in frames):
-            return {}
-        tables = [pd.read_csv(f) for f in frames]
-        preds[name] = np.array([t.pred_months.to_numpy() for t in tables])
-        preds["_labels"] = tables[0]
-    return preds
-
-
-def _test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
-    import plotly.graph_objects as go
-
-    preds = _read_predictions(out_dir, retrained)
-    if not preds:
-        return {}
-    labels, seeds = preds.pop("_labels"), retrained["seeds"]
-    true = labels.age_months.to_numpy()
-    which = f"seed-averaged prediction of {seeds} seeds" if seeds > 1 else "one seed"
-    scatter, bland = go.Figure(), go.Figure()
-    for name, p in preds.items():
-        pred = p.mean(axis=0)
-        scatter.add_scatter(x=true, y=pred, mode="markers", name=NAMES[name], marker_color=COLOURS[name])
-        mean, diff = (pred + true) / 2, pred - true
-        bland.add_scatter(x=mean, y=diff, mode="markers", name=NAMES[name], marker_color=COLOURS[name])
-        bias, half = diff.mean(), 1.96 * diff.std(ddof=1)
-        for y, dash, text in (
-            (bias, "solid", "bias"),
-            (bias + half, "dot", "+1.96 SD"),
-            (bias - half, "dot", "-1.96 SD"),
-        ):
-            bland.add_hline(
-                y=y,
-                line_dash=dash,
-                line_color=COLOURS[name],
-                annotation_text=f"{NAMES[name]} {text} {y:+.1f}",
-                annotation_position="top left" if name == "best" else "top right",  # labels never overlap
-            )
-    hi = float(true.max()) * 1.05
-    scatter.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="identity", line=dict(color="gray", dash="dash"))
-    scatter.update_layout(
-        title=f"Predicted vs true bone age (test, {which})",
-        xaxis_title="true (months)",
-        yaxis_title="predicted (months)",
-    )
-    bland.update_layout(
-        title=f"Bland-Altman (test, {which}): bias and 95% limits of agreement",
-        xaxis_title="mean of predicted and true (months)",
-        yaxis_title="predicted - true (months)",
-    )
-    figs = {"predicted_vs_true": scatter, "bland_altman": bland, "mae_by_group": _group_figure(retrained)}
-    figs["baseline_vs_best"] = _ci_figure(retrained)
-    return figs
-
-
-def _group_figure(retrained: dict[str, Any]) -> Any:
-    import plotly.graph_objects as go
-
-    n = retrained["group_n"]
-    x = [f"{label} (n={n[key]})" for _, key, label in GROUPS]
-    bars = go.Figure()
-    for name, r in retrained["recipes"].items():
-        bars.add_bar(
-            x=x,
-            y=[r["metrics_mean"][metric] for metric, _, _ in GROUPS],
-            error_y=dict(type="data", array=[r["metrics_sd"][metric] or 0 for metric, _, _ in GROUPS]),
-            name=NAMES[name],
-            marker_color=COLOURS[name],
-        )
-    bars.update_layout(
-        title=f"Test MAE by age bracket and sex: mean over {retrained['seeds']} seeds, bars ± SD over seeds",
-        yaxis_title="MAE (months)",
-        barmode="group",
-    )
-    return bars
-
-
-def _ci_figure(retrained: dict[str, Any]) -> Any:
-    import plotly.graph_objects as go
-
-    r = retrained["recipes"]
-    names = list(r)
-    fig = go.Figure(
-        go.Bar(
-            x=[NAMES[n] for n in names],
-            y=[r[n]["mae"]["mean"] for n in names],
-            marker_color=[COLOURS[n] for n in names],
-            error_y=dict(
-                type="data",
-                symmetric=False,
-                array=[r[n]["mae"]["ci_high"] - r[n]["mae"]["mean"] for n in names],
-                arrayminus=[r[n]["mae"]["mean"] - r[n]["mae"]["ci_low"] for n in names],
-            ),
-        )
-    )
-    fig.update_layout(
-        title=f"Test MAE, mean of {retrained['seeds']} seeds, 95% CI over seeds and test images",
-        yaxis_title="MAE (months)",
-    )
-    return fig
-
-
 def _png_renderer() -> str | None:
     """None when PNGs can be written, else why not."""
     try:
@@ -368,36 +216,42 @@ def read_retrain(out_dir: Path, study: optuna.Study) -> tuple[dict[str, Any], st
 
 
 def write_report(study: optuna.Study, results_dir: Path = Path("results"), argv: list[str] | None = None) -> Path:
+    """results/<study>/: trials.csv, summary.json and .md, index.html (the report, figures inline), a page
+    and (with kaleido and a Chromium) a PNG per figure."""
     out_dir = results_dir / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
     retrained, retrain_note = read_retrain(out_dir, study)
-    figs = {**_study_figures(study), **_test_figures(out_dir, retrained)}
-    png_missing = _png_renderer()
-    if figs:
-        from plotly.offline import get_plotlyjs
+    figs = {**search_figures(study), **test_figures(out_dir, retrained)}
+    png_missing = _write_figures(out_dir, study.study_name, figs)
+    summary = summary_dict(study, retrained, png_missing, argv)
+    if retrain_note:
+        summary["retrain_note"] = retrain_note
+    write_json(out_dir / "summary.json", summary)
+    lines = summary_lines(summary)
+    write_atomic(out_dir / "summary.md", "\n".join(lines + _figures_section(list(figs), png_missing)) + "\n")
+    write_atomic(out_dir / "index.html", index_page(study.study_name, lines, figs, _png_words(png_missing)))
+    return out_dir
 
-        write_atomic(out_dir / "plotly.min.js", get_plotlyjs())  # shared by every page, offline
+
+def _write_figures(out_dir: Path, study_name: str, figs: dict[str, Any]) -> str | None:
+    """plotly.min.js once, a page and a PNG per figure; None when the PNGs were written, else why not."""
+    from plotly.offline import get_plotlyjs
+
+    png_missing = _png_renderer()
+    write_atomic(out_dir / "plotly.min.js", get_plotlyjs())  # shared by every page, offline
     for name, fig in figs.items():
-        write_atomic(out_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory"))
+        write_atomic(out_dir / f"{name}.html", figure_page(study_name, name, fig))
         if png_missing is None:
             try:
                 write_bytes_atomic(out_dir / f"{name}.png", fig.to_image(format="png", width=900, height=550))
             except Exception as exc:  # kaleido without a Chromium
                 png_missing = f"PNG export failed ({type(exc).__name__}); install a Chromium for kaleido"
-    links = "\n".join(f'<li><a href="{n}.html">{n.replace("_", " ")}</a></li>' for n in figs)
-    write_atomic(
-        out_dir / "index.html",
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
-        f"<h1>Study {study.study_name}</h1><p><a href='summary.md'>summary.md</a> · "
-        f"<a href='trials.csv'>trials.csv</a></p><ul>{links}</ul></body></html>\n",
-    )
-    summary = summary_dict(study, retrained, png_missing, argv)
-    if retrain_note:
-        summary["retrain_note"] = retrain_note
-    write_json(out_dir / "summary.json", summary)
-    write_atomic(out_dir / "summary.md", summary_markdown(summary, list(figs), png_missing))
-    return out_dir
+    return png_missing
+
+
+def _png_words(png_missing: str | None) -> str:
+    return "PNG copies: " + ("written beside this page." if png_missing is None else f"not written: {png_missing}.")
 
 
 def study_note(study: optuna.Study, retrained: dict[str, Any] | None = None) -> str:
@@ -457,7 +311,8 @@ def summary_dict(
     return out
 
 
-def summary_markdown(s: dict[str, Any], figures: list[str], png_missing: str | None) -> str:
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The report's words and tables in Markdown, figures aside: summary.md and index.html both hold them."""
     t = s["trials"]
     target = f" (target {s['target_trials']})" if s.get("target_trials") else ""
     lines = [f"# Study {s['study']}", ""]
@@ -477,8 +332,7 @@ def summary_markdown(s: dict[str, Any], figures: list[str], png_missing: str | N
         "",
     ]
     lines += _val_section(s) + (_test_section(s["test"]) if "test" in s else [])
-    lines += _settings_section(s) + _provenance_section(s) + _figures_section(figures, png_missing)
-    return "\n".join(lines) + "\n"
+    return lines + _settings_section(s) + _provenance_section(s)
 
 
 def _val_section(s: dict[str, Any]) -> list[str]:
@@ -659,12 +513,13 @@ def _provenance_section(s: dict[str, Any]) -> list[str]:
 
 
 def _figures_section(figures: list[str], png_missing: str | None) -> list[str]:
-    lines = ["## Figures", "", "Interactive versions: `index.html` (HTML pages sharing `plotly.min.js`, offline).", ""]
-    for f in figures:
-        title = f.replace("_", " ")
-        lines.append(f"![{title}]({f}.png)" if png_missing is None else f"- [{title}]({f}.html)")
-    return [
-        *lines,
+    lines = [
+        "## Figures",
         "",
-        "PNG copies: " + ("written beside the HTML." if png_missing is None else f"not written: {png_missing}."),
+        "The report with every figure inline: `index.html` (offline, beside `plotly.min.js`).",
+        "",
     ]
+    for f in figures:
+        title = FIGURES[f][0]
+        lines.append(f"![{title}]({f}.png)" if png_missing is None else f"- [{title}]({f}.html)")
+    return [*lines, "", _png_words(png_missing).replace("this page", "the HTML")]

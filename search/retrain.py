@@ -51,7 +51,7 @@ from search.record import (
 from search.report import NAMES, save_study_note
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
-from search.study import attach_files
+from search.study import attach_files, name_the_metric
 
 RECIPES = ("best", "baseline")  # the tuned recipe and the seed recipe, in every file and table
 
@@ -228,6 +228,7 @@ def retrain(
     write_json(out_dir / "retrain.json", summary)
     short = {n: {"mae": r["mae"], "config": r["config"]} for n, r in summary["recipes"].items()}
     study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
+    name_the_metric(study)
     save_study_note(study, summary)
     if url is not None:
         attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])

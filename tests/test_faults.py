@@ -407,3 +407,46 @@ def test_a_really_full_disk_is_one_line_that_says_so(tmp_path, study, tiny_disk,
     (tiny_disk / "filler").unlink()
     s = load(tmp_path, url)  # what was committed is intact and readable
     assert len(finished(s)) >= 1
+
+
+def test_one_postgresql_url_serves_this_cli_optuna_load_study_the_optuna_cli_and_optuna_dashboard(
+    tmp_path, study, postgres_url, capsys
+):
+    """postgresql://... as a user writes it: SQLAlchemy picks psycopg 3 for it, which this project
+    installs, so no tool needs the URL rewritten."""
+    import json
+    import urllib.request
+
+    assert postgres_url.startswith("postgresql://")
+    main_ok(
+        "run", "--study", str(study), "--storage", postgres_url, "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys
+    )
+    assert len(optuna.load_study(study_name="tiny", storage=postgres_url).trials) == 1
+    bin_dir = Path(sys.executable).parent
+    listed = subprocess.run([bin_dir / "optuna", "studies", "--storage", postgres_url], capture_output=True, text=True)
+    assert listed.returncode == 0 and "tiny" in listed.stdout, listed.stderr
+    port = socket_port()
+    dash = subprocess.Popen([bin_dir / "optuna-dashboard", postgres_url, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    names = [s["study_name"] for s in json.loads(resp.read())["study_summaries"]]
+                break
+            except OSError:
+                assert dash.poll() is None and time.monotonic() < deadline, dash.stderr.read()
+                time.sleep(0.3)
+        assert names == ["tiny"]
+    finally:
+        dash.kill()
+        dash.wait()
+
+
+def socket_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from html.parser import HTMLParser
 
@@ -16,6 +20,7 @@ import pytest
 import torch
 
 from boneage_core.metrics import bootstrap_ci, paired_mae_difference
+from search.figures import FIGURES
 from search.retrain import recipes
 from search.specs import load_spec
 from tests.conftest import REPO, assert_one_line_error, main_ok, run_main
@@ -171,3 +176,78 @@ def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path
     study.write_text(study.read_text() + '[space.image_size]\ntype = "categorical"\nchoices = [16, 32]\n')
     r = run_main("run", "--study", str(study), cwd=tmp_path, capsys=capsys)
     assert_one_line_error(r, "[space.image_size]", "16 px")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# What Chromium asks of its own servers whatever the page (updates, sign-in, network time), with these
+# switches on
+BROWSER_CHATTER = ("update.googleapis.com", "accounts.google.com", "clients2.google.com")
+QUIET_BROWSER = [
+    *("--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"),
+    *("--disable-default-apps", "--metrics-recording-only", "--no-pings", "--disable-domain-reliability"),
+    "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
+    *("--disable-breakpad", "--no-default-browser-check"),
+    *("--disable-client-side-phishing-detection", "--safebrowsing-disable-auto-update"),
+]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A proxy that answers nothing and remembers every request: the page must send none."""
+
+    seen: list[str] = []
+
+    def _record(self):
+        self.seen.append(f"{self.command} {self.path}")
+        self.send_response(404)
+        self.end_headers()
+
+    do_GET = do_POST = do_CONNECT = do_HEAD = _record
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium; .ci/run installs it)")
+def test_the_report_page_shows_the_studys_numbers_and_draws_every_figure_offline_in_a_browser(tmp_path, study, capsys):
+    for command in (["run", "--trials", "3"], ["baseline", "--seeds", "2"], ["retrain", "--seeds", "2"], ["report"]):
+        main_ok(*command, "--study", str(study), "--quiet", cwd=tmp_path, capsys=capsys)
+    page = tmp_path / "results" / "tiny" / "index.html"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.seen = []
+    try:
+        quiet_browser = ["--disable-background-networking", "--disable-component-update", "--no-first-run",
+                         "--disable-sync", "--disable-default-apps", "--metrics-recording-only"]  # fmt: skip
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                *quiet_browser,
+                f"--proxy-server=http://127.0.0.1:{server.server_address[1]}",
+                "--proxy-bypass-list=<-loopback>",
+                "--virtual-time-budget=30000",
+                "--dump-dom",
+                page.as_uri(),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=180,
+        ).stdout
+    finally:
+        server.shutdown()
+    assert [r for r in _Recorder.seen if not any(host in r for host in BROWSER_CHATTER)] == []  # nothing left file://
+    figures = dict(re.findall(r'<figure id="(\w+)">(.*?)</figure>', dom, flags=re.S))
+    assert list(figures) == [n for n in FIGURES if n in figures] and len(figures) == len(FIGURES)
+    for name, html in figures.items():  # plotly drew it: an SVG with traces in it
+        assert "main-svg" in html and re.search(r'class="[^"]*\btrace\b', html), name
+    s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    base = s.user_attrs["baseline"]
+    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    cells = re.findall(r"<td>(.*?)</td>", dom)
+    assert f"{s.best_value:.2f}" in cells and f"{base['val_mae_months']:.2f} ± {base['val_mae_sd']:.2f}" in cells
+    assert any(c.startswith(f"{out['recipes']['best']['mae']['mean']:.2f} ± ") for c in cells)
+    assert "<strong>Verdict</strong>" in dom
