@@ -116,11 +116,15 @@ def get_args_parser() -> Parser:
         help="seeds per recipe (default 3); the verdict needs 2 or more, since it resamples seeds",
     )
     rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging (both recipes)")
-    sub.add_parser("report", parents=[common], help="summary, trials.csv and figures into results/<study>/")
+    sub.add_parser(
+        "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md, trials.csv"
+    )
     sub.add_parser(
         "status", parents=[common], help="trials by state, best so far, the seed recipe, the final test, time spent"
     )
-    dash = sub.add_parser("dashboard", parents=[common], help="optuna-dashboard on the study storage")
+    dash = sub.add_parser(
+        "dashboard", parents=[common], help="optuna-dashboard on the study storage, with the files retrain attached"
+    )
     dash.add_argument("--port", type=port_int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
 
