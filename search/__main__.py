@@ -117,7 +117,7 @@ def get_args_parser() -> Parser:
     )
     rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging (both recipes)")
     sub.add_parser(
-        "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md, trials.csv"
+        "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md and more"
     )
     sub.add_parser(
         "status", parents=[common], help="trials by state, best so far, the seed recipe, the final test, time spent"
