@@ -138,7 +138,8 @@ def pruning_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
     fig = go.Figure()
     trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     best = study.best_trial.number if any(t.state == TrialState.COMPLETE for t in trials) else None
-    for k, t in enumerate(trials):
+    first_other = next((t.number for t in trials if t.number != best), None)
+    for t in trials:
         steps = sorted(t.intermediate_values)
         is_best = t.number == best
         fig.add_scatter(
@@ -150,7 +151,7 @@ def pruning_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
             opacity=1 if is_best else 0.6,
             name=f"best trial ({t.number})" if is_best else "trials (pruned ones end early)",
             legendgroup="best" if is_best else "trials",
-            showlegend=is_best or k == 0,
+            showlegend=is_best or t.number == first_other,  # one legend entry for all the others
             hovertemplate=f"trial {t.number}, epoch %{{x}}: %{{y:.2f}} months<extra></extra>",
         )
     histories = (base or {}).get("histories") or []
