@@ -1,4 +1,6 @@
-"""TrainConfig: every knob of one training run, frozen; variants come from dataclasses.replace."""
+"""TrainConfig: every knob of one training run, frozen; variants come from dataclasses.replace. And
+DataSettings, where a study's images come from, frozen alike (here, so that reading a study file
+imports no image code)."""
 
 from __future__ import annotations
 
@@ -150,3 +152,14 @@ def check_config(cfg: TrainConfig) -> None:
         raise bad("backbone", "use 'resnet50' or 'timm:<model name>'")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise bad("device", "use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where a study's images come from and how they are cut: a study file's [data] table."""
+
+    source: str = "phantom"  # "phantom" or a directory holding RSNA data as downloaded
+    image_size: int = 64  # side of the square cache, pixels (the seed recipe's and the fixed fields')
+    max_images: int = 0  # 0 = all; a cap per split for quick runs
+    seed: int = 0  # of the phantom and of the train/val/test split
+    phantom_n: int = 1000  # images in the phantom

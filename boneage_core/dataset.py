@@ -16,22 +16,12 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.cache import build_cache, default_cache_dir
+from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
 from boneage_core.phantom import TRAIN_CSV, write_phantom
 from boneage_core.rsna import DataReport, load_table, split_table
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Where a study's images come from and how they are cut: a study file's [data] table."""
-
-    source: str = "phantom"  # "phantom" or a directory holding RSNA data as downloaded
-    image_size: int = 64  # side of the square cache, pixels (the seed recipe's and the fixed fields')
-    max_images: int = 0  # 0 = all; a cap per split for quick runs
-    seed: int = 0  # of the phantom and of the train/val/test split
-    phantom_n: int = 1000  # images in the phantom
 
 
 @dataclass

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from boneage_core.config import MIN_IMAGE_SIZE_PX, SEED_RECIPE, TrainConfig, coerce_field, make_config
-from boneage_core.dataset import DataSettings
+from boneage_core.config import MIN_IMAGE_SIZE_PX, SEED_RECIPE, DataSettings, TrainConfig, coerce_field, make_config
 from boneage_core.errors import BoneAgeError
 from search.space import ParamSpec, parse_space
 
