@@ -216,6 +216,19 @@ def _evaluate_epoch(cfg, model, data: _OnDevice, eval_split: Split, result: FitR
     return {"val_mae_months": result.metrics["mae_months"], "val_rmse_months": result.metrics["rmse_months"]}
 
 
+def _epoch(cfg, state, data: _OnDevice, eval_split: Split, result: FitResult, epoch: int, evaluated: bool, raw: bool):
+    """One epoch of training, evaluated when asked: its history row."""
+    t0 = time.perf_counter()
+    loss, abs_err = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training loss became {loss} in epoch {epoch} (lr {cfg.lr:g})")
+    row: dict = {"epoch": epoch, "train_loss": loss, "train_mae_months": abs_err * result.target_std}
+    if evaluated:
+        row.update(_evaluate_epoch(cfg, state.model, data, eval_split, result, epoch, raw))
+    row["epoch_time_s"] = time.perf_counter() - t0
+    return row
+
+
 def _final_eval(result: FitResult) -> dict:
     raw = result.pred_months_without_bn_reestimation
     return {"pred": result.pred_months.tolist(), "pred_without_bn_reestimation": None if raw is None else raw.tolist()}
@@ -284,16 +297,9 @@ def fit(
         _resume(result, restore_checkpoint(ckpt, cfg, state))
     bar = _epoch_bar(progress, cfg.epochs, len(result.history))
     for epoch in range(len(result.history) + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        loss, abs_err = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"training loss became {loss} in epoch {epoch} (lr {cfg.lr:g})")
-        row: dict = {"epoch": epoch, "train_loss": loss, "train_mae_months": abs_err * std}
         last = epoch == cfg.epochs
-        if eval_each_epoch or last:
-            raw = last and eval_without_bn_reestimation
-            row.update(_evaluate_epoch(cfg, state.model, data, eval_split, result, epoch, raw))
-        row["epoch_time_s"] = time.perf_counter() - t0
+        evaluated = eval_each_epoch or last
+        row = _epoch(cfg, state, data, eval_split, result, epoch, evaluated, last and eval_without_bn_reestimation)
         result.history.append(row)
         _advance(bar, row, eval_label)
         if ckpt is not None:

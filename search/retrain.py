@@ -225,6 +225,13 @@ def retrain(
     if tta:
         summary["best_minus_baseline_tta_flip"] = comparison(tta_preds["best"], tta_preds["baseline"], test)
     summary = finite(summary)
+    _record(study, summary, out_dir, url)
+    return summary
+
+
+def _record(study: optuna.Study, summary: dict[str, Any], out_dir: Path, url: str | None) -> None:
+    """retrain.json; in the study, the outcome in short (what status shows), the dashboard note and,
+    with the study's url, retrain.json and the predictions as artifacts."""
     write_json(out_dir / "retrain.json", summary)
     short = {n: {"mae": r["mae"], "config": r["config"]} for n, r in summary["recipes"].items()}
     study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
@@ -232,7 +239,6 @@ def retrain(
     save_study_note(study, summary)
     if url is not None:
         attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])
-    return summary
 
 
 def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
