@@ -17,6 +17,7 @@ SCHEDULES = ("none", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PLACEMENTS = ("auto", "device", "host")
 MIN_IMAGE_SIZE_PX = 32  # ResNet-50 and most timm nets downsample by 32: smaller gives empty feature maps
+MAX_IMAGE_SIZE_PX = 1024  # published bone-age models read 256-800 px; 12,611 images at 1024 px are 13 GB
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,24 @@ def make_config(values: dict[str, Any], base: TrainConfig | None = None) -> Trai
     return cfg
 
 
+def check_image_size(px: int, where: str) -> None:
+    """An image side the backbone can read and a cache can hold, or a BoneAgeError naming where it was set."""
+    if px < MIN_IMAGE_SIZE_PX:
+        raise BoneAgeError(f"{where} = {px}: too small for the backbone, use at least {MIN_IMAGE_SIZE_PX} px")
+    if px > MAX_IMAGE_SIZE_PX:
+        raise BoneAgeError(
+            f"{where} = {px}: above {MAX_IMAGE_SIZE_PX} px (a cache of 12,611 images at {px} px would take "
+            f"{12611 * px * px / 1e9:.0f} GB); published bone-age models read 256 to 800 px"
+        )
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Raise BoneAgeError for an impossible combination; the message names the field and the fix."""
 
     def bad(field: str, why: str) -> BoneAgeError:
         return BoneAgeError(f"train.{field} = {getattr(cfg, field)!r}: {why}")
 
-    if cfg.image_size < MIN_IMAGE_SIZE_PX:
-        raise bad("image_size", f"too small for the backbone, use at least {MIN_IMAGE_SIZE_PX} px")
+    check_image_size(cfg.image_size, "train.image_size")
     if cfg.epochs < 1:
         raise bad("epochs", "must be at least 1")
     if cfg.batch_size < 2:

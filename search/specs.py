@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from boneage_core.config import MIN_IMAGE_SIZE_PX, SEED_RECIPE, DataSettings, TrainConfig, coerce_field, make_config
+from boneage_core.config import (
+    MAX_IMAGE_SIZE_PX,
+    MIN_IMAGE_SIZE_PX,
+    SEED_RECIPE,
+    DataSettings,
+    TrainConfig,
+    check_image_size,
+    coerce_field,
+    make_config,
+)
 from boneage_core.errors import BoneAgeError
 from search.space import ParamSpec, parse_space
 
@@ -205,6 +214,7 @@ def _data_settings(table: dict[str, Any]) -> DataSettings:
     if data.max_images < 0 or data.phantom_n < 20:
         raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
     check_seed(data.seed, "data.seed")
+    check_image_size(data.image_size, "data.image_size")
     return data
 
 
@@ -213,10 +223,13 @@ def _space(tables: dict[str, Any], train: TrainConfig) -> dict[str, ParamSpec]:
     if "image_size" in space:
         p = space["image_size"]
         smallest = min(p.choices) if p.type == "categorical" else p.low
+        largest = max(p.choices) if p.type == "categorical" else p.high
         if smallest < MIN_IMAGE_SIZE_PX:
             raise BoneAgeError(
                 f"[space.image_size]: {smallest:g} px is too small for the backbone, use at least {MIN_IMAGE_SIZE_PX}"
             )
+        if largest > MAX_IMAGE_SIZE_PX:
+            raise BoneAgeError(f"[space.image_size]: {largest:g} px is above the largest cache, {MAX_IMAGE_SIZE_PX} px")
     check_space_values(space, train)
     return space
 
