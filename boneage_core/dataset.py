@@ -6,20 +6,22 @@ each image size is decoded once into the cache and every command sees the same r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from boneage_core.cache import build_cache, default_cache_dir
+from boneage_core.cache import build_cache, cache_path, default_cache_dir
 from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
 from boneage_core.phantom import TRAIN_CSV, write_phantom
-from boneage_core.rsna import DataReport, load_table, split_table
+from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table, split_table
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +43,24 @@ class Split:
 class DecodedData:
     """The table of the splits asked for and their images decoded at one size."""
 
-    table: pd.DataFrame  # id, path, age_months, male, split
-    images: np.ndarray  # uint8 (len(table), S, S), memory-mapped
+    table: pd.DataFrame  # id, path, age_months, male, split: the usable rows, each split's rows together
+    images: np.ndarray  # uint8 (n, S, S), memory-mapped; table row i is images[rows[i]]
     root: Path
-    fingerprint: str = ""  # data_fingerprint of every split before any cap: the dataset's identity
+    fingerprint: str = ""  # data_fingerprint of every split's usable images before any cap
+    rows: np.ndarray | None = None  # None: row i is images[i]
+    skipped: list[Skipped] = field(default_factory=list)  # labelled images not used, and why
 
     def split(self, *names: str) -> Split:
-        rows = np.flatnonzero(self.table["split"].isin(names).to_numpy())
-        if len(rows) == 0:
+        """The images of the named splits: a view of the memory-mapped cache where their rows lie together
+        (so K workers share one copy of the pages), a copy only where a skipped image leaves a gap."""
+        mask = self.table["split"].isin(names).to_numpy()
+        if not mask.any():
             raise BoneAgeError(f"the data under {self.root} has no images in split {'+'.join(names)}")
-        t = self.table.iloc[rows]
+        rows = (np.arange(len(self.table)) if self.rows is None else self.rows)[mask]
+        contiguous = rows[-1] - rows[0] + 1 == len(rows) and bool((np.diff(rows) == 1).all())
+        t = self.table[mask]
         return Split(
-            images=np.asarray(self.images[rows]),
+            images=self.images[rows[0] : rows[-1] + 1] if contiguous else np.asarray(self.images[rows]),
             age_months=t["age_months"].to_numpy(np.float32),
             male=t["male"].to_numpy(bool),
             ids=t["id"].to_numpy(str),
@@ -92,14 +100,50 @@ def data_fingerprint(table: pd.DataFrame, root: Path) -> str:
     """The identity of a dataset as a study uses it: every row's id, label, sex and split, and its image
     file's path under root and size in bytes. The same data copied or moved elsewhere (a new phantom
     cache, another disk) keeps it; an added, dropped, relabelled, resplit or replaced image changes it.
-    (Sizes, not contents: hashing 12,611 full-size PNGs would cost minutes per command.)"""
+    (Sizes, not contents: hashing 12,611 full-size PNGs would cost minutes per command.) The path is
+    the one under root even where it is a symlink to another disk, so relinking the same files keeps it."""
     h = hashlib.sha256()
-    root = Path(root).resolve()
+    root, real_root = Path(root), Path(root).resolve()
     for row in table.sort_values("id", kind="stable").itertuples(index=False):
-        path = Path(row.path).resolve()
-        rel = path.relative_to(root) if path.is_relative_to(root) else path
+        path = Path(row.path)
+        if path.is_relative_to(root):
+            rel = path.relative_to(root)
+        else:
+            rel = path.resolve().relative_to(real_root) if path.resolve().is_relative_to(real_root) else path.resolve()
         h.update(f"{row.id}|{row.age_months:.4f}|{int(row.male)}|{row.split}|{rel}|{os.stat(path).st_size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _group_splits(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered train, val, test (each split's own order kept): each split, and train+val, is one run
+    of rows in the cache, which a Split can then view instead of copy."""
+    order = table["split"].map({name: i for i, name in enumerate(SPLITS)})
+    return table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _check_writable(cache_dir: Path) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as exc:
+        raise BoneAgeError(
+            f"cache directory {cache_dir} is not writable ({exc.strerror or exc}); set BONEAGE_CACHE_DIR"
+        ) from None
+
+
+def _save_skipped(skipped: list[Skipped], cache: Path) -> Path:
+    """Every skipped image of this cache (split, id, path, reason), beside it."""
+    out = cache.with_name(cache.stem + ".skipped.csv")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        pd.DataFrame([dataclasses.asdict(s) for s in skipped], columns=["split", "id", "path", "reason"]).to_csv(
+            tmp, index=False
+        )
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write {out} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR") from None
+    return out
 
 
 def prepare(
@@ -109,21 +153,48 @@ def prepare(
     cache_dir: str | Path | None = None,
     quiet: bool = True,
     report: DataReport | None = None,
+    warn: bool = True,
 ) -> DecodedData:
     """The data of the given splits decoded into the cache at image_size (default settings.image_size).
     The search asks for train and val only, so the test images are not even decoded until retrain
-    reads them."""
+    reads them. Images that did not arrive whole are skipped with one warning and listed beside the
+    cache; more than MAX_SKIPPED_SHARE of a split is a BoneAgeError."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    _check_writable(cache_dir)
     root = resolve_source(settings, cache_dir, quiet)
+    report = report if report is not None else DataReport()
     table = load_table(root, report)
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     split_file = cache_dir / "splits" / f"{root.resolve().name}-{tag}-s{settings.seed}.csv"
-    table = split_table(table, settings.seed, split_file)
+    labelled_as = dict(zip(table["id"], table["split"], strict=True))  # the label file's split, for the counts
+    try:
+        table = _group_splits(split_table(table, settings.seed, split_file))
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write the split file {split_file} ({exc.strerror or exc})") from None
     fingerprint = data_fingerprint(table, root)
     table = cap_per_split(table[table["split"].isin(splits)], settings.max_images, settings.seed)
     table = table.reset_index(drop=True)
-    images = build_cache(table, image_size or settings.image_size, cache_dir, quiet=quiet)
-    return DecodedData(table=table, images=images, root=root, fingerprint=fingerprint)
+    images, failed = build_cache(table, image_size or settings.image_size, cache_dir, quiet=quiet)
+    used = np.ones(len(table), bool)
+    for i, reason in failed.items():
+        used[i] = False
+        case = table["id"].iloc[i]
+        report.skipped.append(Skipped(labelled_as[case], case, table["path"].iloc[i], reason))
+    skipped = [s for s in report.skipped if s.split in splits or not s.split]
+    if skipped:
+        listed = _save_skipped(skipped, cache_path(table, image_size or settings.image_size, cache_dir))
+        if warn:
+            log.warning("%s; the full list is in %s", report.summary_of(skipped), listed)
+    report.check_share()
+    rows = np.flatnonzero(used)
+    return DecodedData(
+        table=table[used].reset_index(drop=True),
+        images=images,
+        root=root,
+        fingerprint=fingerprint,
+        rows=None if used.all() else rows,
+        skipped=skipped,
+    )
 
 
 class SplitsBySize:
@@ -131,10 +202,20 @@ class SplitsBySize:
     disk, shared by workers) and held here once per process. The rows and their order do not depend on
     the size, so every size sees the same images in the same split."""
 
-    def __init__(self, settings: DataSettings, quiet: bool = True, splits: tuple[str, ...] = ("train", "val")):
-        self.settings, self.quiet, self.splits = settings, quiet, splits
+    def __init__(
+        self, settings: DataSettings, quiet: bool = True, splits: tuple[str, ...] = ("train", "val"), warn: bool = True
+    ):
+        """warn: say once (at the first size decoded) which images are skipped; run's workers leave it to
+        the first process."""
+        self.settings, self.quiet, self.splits, self.warn = settings, quiet, splits, warn
         self._held: dict[tuple[int, tuple[str, ...]], Split] = {}
         self._decoded: dict[int, DecodedData] = {}
+
+    def skipped(self) -> list[Skipped]:
+        """The labelled images of these splits that are not used, and why (the same at every size)."""
+        if not self._decoded:
+            self.split(self.settings.image_size, self.splits[0])
+        return next(iter(self._decoded.values())).skipped
 
     def fingerprint(self) -> str:
         """The data's identity (data_fingerprint): the same at every image size."""
@@ -146,6 +227,9 @@ class SplitsBySize:
         key = (image_size, names)
         if key not in self._held:
             if image_size not in self._decoded:
-                self._decoded[image_size] = prepare(self.settings, image_size, self.splits, quiet=self.quiet)
+                first = not self._decoded
+                self._decoded[image_size] = prepare(
+                    self.settings, image_size, self.splits, quiet=self.quiet, warn=self.warn and first
+                )
             self._held[key] = self._decoded[image_size].split(*names)
         return self._held[key]

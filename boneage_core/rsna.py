@@ -6,8 +6,11 @@ shared/DESIGN.md). Every problem with the files is a BoneAgeError naming the fil
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TRUE = {"true", "t", "1", "1.0", "m", "male", "yes"}
 _FALSE = {"false", "f", "0", "0.0", "female", "no"}
+MAX_SKIPPED_SHARE = 0.05  # more missing or unreadable images than this in a split: a broken download
 
 
 @dataclass(frozen=True)
@@ -66,26 +70,69 @@ OFFICIAL_TRAIN = LabelSource(
 )
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A labelled image that is not used, and why: 'missing', 'empty file', 'not a readable image (truncated)'."""
+
+    split: str
+    id: str
+    path: str
+    reason: str
+
+
 @dataclass
 class DataReport:
-    """What load_table found, for `data check` and for warnings."""
+    """What load_table found, for `data check`, for the one warning about skipped images and for the study."""
 
     layout: str = ""
     label_files: list[str] = field(default_factory=list)
-    missing_images: dict[str, int] = field(default_factory=dict)
-    skipped_rows: list[str] = field(default_factory=list)
+    labelled: dict[str, int] = field(default_factory=dict)  # split -> rows in its label file
+    skipped: list[Skipped] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)  # splits this layout can have but this copy lacks, and why
+
+    def skipped_in(self, split: str) -> list[Skipped]:
+        return [s for s in self.skipped if s.split == split]
+
+    def check_share(self, max_share: float = MAX_SKIPPED_SHARE) -> None:
+        """BoneAgeError when a split lost more than max_share of its images (and more than one): a broken
+        download, not a few bad files."""
+        for split, n in self.labelled.items():
+            bad = self.skipped_in(split)
+            if len(bad) > max(1.0, max_share * n):
+                first = ", ".join(f"{Path(b.path).name or b.id} ({b.reason})" for b in bad[:3])
+                raise BoneAgeError(
+                    f"split {split}: {len(bad)} of {n} labelled images ({len(bad) / n:.0%}) are missing or unreadable, "
+                    f"more than the {max_share:.0%} a few bad files explain: the download looks incomplete; "
+                    f"complete it or remove those rows from the label file (first: {first})"
+                )
+
+    def summary_of(self, skipped: list[Skipped]) -> str:
+        """'3 of 1200 labelled images are skipped (2 missing, 1 empty file): train/a.png (missing), ...'"""
+        n = sum(k for split, k in self.labelled.items() if split in {s.split for s in skipped})
+        reasons = Counter(s.reason for s in skipped)
+        first = ", ".join(f"{s.split}/{Path(s.path).name or s.id} ({s.reason})" for s in skipped[:3])
+        more = ", ..." if len(skipped) > 3 else ""
+        how = ", ".join(f"{k} {r}" for r, k in reasons.most_common())
+        return f"{len(skipped)} of {n} labelled images are skipped ({how}): {first}{more}"
+
+
+def _label_candidates(root: Path, rel: str) -> list[Path]:
+    """Where one label file may lie: as released, in a doubled folder (Kaggle's copy doubles folders),
+    at the root, or one folder deeper; as .csv or .xlsx, the spelling released first."""
+    rel_path = Path(rel)
+    stems = [rel_path.with_suffix(s) for s in dict.fromkeys((rel_path.suffix, ".csv", ".xlsx"))]
+    out: list[Path] = []
+    for r in stems:
+        out.append(root / r)
+        if len(r.parts) > 1:
+            out.append(root / r.parts[0] / r)
+        out.append(root / r.name)
+        out += sorted(root.glob(f"*/{glob.escape(r.name)}"))
+    return out
 
 
 def _find_label(root: Path, src: LabelSource) -> Path | None:
-    """The label file of a source; a CSV may also be found one folder deeper or at the root."""
-    direct = root / src.label_file
-    if direct.is_file():
-        return direct
-    name = Path(src.label_file).name
-    for candidate in (root / name, *root.glob(f"*/{name}")):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((p for p in _label_candidates(root, src.label_file) if p.is_file()), None)
 
 
 def _read_labels(path: Path) -> pd.DataFrame:
@@ -122,6 +169,12 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
                 f"between 0 and {MAX_AGE_MONTHS:g}"
             )
     ids = df[src.id_col].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+    for i, case in enumerate(ids):
+        if not case or case in (".", "..") or "/" in case or "\\" in case or os.path.isabs(case):
+            raise BoneAgeError(
+                f"{path}: row {i + 2}, column '{src.id_col}' = {case!r} is not an image id (a file name "
+                "without folders): ids never name paths"
+            )
     dup = ids[ids.duplicated()]
     if len(dup):
         raise BoneAgeError(f"{path}: duplicate id {dup.iloc[0]!r} in column '{src.id_col}'")
@@ -135,24 +188,46 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
 
 
 def _index_images(root: Path, dirs: tuple[str, ...]) -> dict[str, Path]:
-    """Image stem -> path for every image under the given folders, never outside root."""
-    root_resolved = root.resolve()
+    """Image stem -> path for every image under the given folders. Symlinked files and folders are
+    followed (a dataset assembled from links, or pointing at a shared copy), each real folder once, so a
+    link loop ends; the path kept is the one under root. Label ids are matched to file names, never
+    joined into paths, so no label can reach outside root."""
     found: dict[str, Path] = {}
+    seen: set[str] = set()
     for d in dirs:
         base = root / d
         if not base.is_dir():
             continue
-        for dirpath, _dirnames, filenames in os.walk(base):  # does not follow symlinked folders
-            for name in filenames:
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            for name in sorted(filenames):
                 p = Path(dirpath) / name
-                if p.suffix.lower() not in IMAGE_SUFFIXES or p.stem in found:
-                    continue
-                real = p.resolve()
-                if not real.is_relative_to(root_resolved):  # a symlink pointing out of the data dir
-                    log.warning("ignoring %s: it points outside the data directory", p)
-                    continue
-                found[p.stem] = real
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in found:
+                    found[p.stem] = p
     return found
+
+
+def _expected_but_not_found(root: Path, sources: list[tuple[LabelSource, Path]]) -> list[str]:
+    """The official splits this copy lacks; a warning where the split's folder is there but its label file is not."""
+    have = {src.split for src, _ in sources}
+    notes = []
+    for src in (OFFICIAL_VAL, OFFICIAL_TEST):
+        if src.split in have:
+            continue
+        folder = Path(src.label_file).parts[0]
+        other = Path(src.label_file).with_suffix(".csv" if src.label_file.endswith(".xlsx") else ".xlsx").name
+        expected = f"'{src.label_file}' (or '{other}')"
+        if (root / folder).is_dir():
+            note = f"{src.split}: folder '{folder}' is there but its label file {expected} was not found"
+            log.warning("%s: %s; the %s split is carved from the training images instead", root, note, src.split)
+        else:
+            note = f"{src.split}: not in this copy (the official release has {expected})"
+        notes.append(note)
+    return notes
 
 
 def detect_layout(root: Path) -> tuple[str, list[tuple[LabelSource, Path]]]:
@@ -182,13 +257,16 @@ def detect_layout(root: Path) -> tuple[str, list[tuple[LabelSource, Path]]]:
 
 
 def load_table(root: str | Path, report: DataReport | None = None) -> pd.DataFrame:
-    """All labelled images under root: columns id, path, age_months, male, split ('' = to be split).
+    """All usable labelled images under root: columns id, path, age_months, male, split ('' = to be split).
 
-    Rows whose image is missing are dropped with a warning; if none is left, BoneAgeError.
+    Every labelled image is screened (missing, empty, not a file, truncated, unreadable header, too
+    small or too large): the unusable ones are dropped and listed in report.skipped. A split none of
+    whose images was found is a BoneAgeError; the share of skipped images is report.check_share's call.
     """
     root = Path(root)
     report = report if report is not None else DataReport()
     report.layout, sources = detect_layout(root)
+    report.not_found = _expected_but_not_found(root, sources)
     frames = []
     for src, path in sources:
         report.label_files.append(str(path.relative_to(root)))
@@ -196,26 +274,40 @@ def load_table(root: str | Path, report: DataReport | None = None) -> pd.DataFra
         # the Kaggle training images may sit in a doubled folder (the walk finds them there), or beside
         # a label file found one folder deeper
         beside = path.parent.relative_to(root)
-        dirs = src.image_dirs + ((str(beside),) if src is KAGGLE_TRAIN and beside != Path(".") else ())
+        dirs = src.image_dirs + ((str(beside),) if beside != Path(".") else ())
         images = _index_images(root, dirs)
         labels["path"] = [str(images[i]) if i in images else "" for i in labels["id"]]
-        missing = labels["path"] == ""
-        report.missing_images[src.split] = int(missing.sum())
-        if missing.all():
+        report.labelled[src.split] = len(labels)
+        if (labels["path"] == "").all():
             raise BoneAgeError(
                 f"{path}: none of its {len(labels)} images was found under "
                 f"{', '.join(str(root / d) for d in src.image_dirs)} (looked for <id>.png)"
             )
-        if missing.any():
-            log.warning("%s: %d of %d images are missing and skipped", path, missing.sum(), len(labels))
-        labels = labels[~missing].copy()
+        reasons = _screen_all(labels["path"])
+        for case, image, reason in zip(labels["id"], labels["path"], reasons, strict=True):
+            if reason is not None:
+                report.skipped.append(Skipped(src.split, case, image, reason))
+        labels = labels[[r is None for r in reasons]].copy()
         labels["split"] = src.split
         frames.append(labels)
     table = pd.concat(frames, ignore_index=True)
     dup = table["id"][table["id"].duplicated()]
     if len(dup):
         raise BoneAgeError(f"{root}: image id {dup.iloc[0]!r} appears in more than one split")
+    if table.empty:
+        raise BoneAgeError(f"{root}: no usable image: {report.summary_of(report.skipped)}")
     return table[["id", "path", "age_months", "male", "split"]]
+
+
+def _screen_all(paths: pd.Series) -> list[str | None]:
+    """screen_image for every path ('' = not found), in threads: the test is file reads, mostly waiting."""
+    from boneage_core.cache import screen_image
+
+    def one(p: str) -> str | None:
+        return "missing" if not p else screen_image(p)
+
+    with ThreadPoolExecutor(min(16, 4 * (os.cpu_count() or 1))) as pool:
+        return list(pool.map(one, paths))
 
 
 def age_bins(age_months: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from boneage_core import BoneAgeError
 from search.specs import StudySpec, load_spec, shown_path
@@ -133,8 +134,11 @@ def data(args: argparse.Namespace) -> int:
     from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS, write_phantom
 
     if args.data_command == "make-phantom":
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BoneAgeError(f"{out} already exists and is not an empty directory; choose a new folder")
         try:
-            out = write_phantom(args.out, args.n, args.seed, quiet=False)
+            out = write_phantom(out, args.n, args.seed, quiet=False)
         except OSError as exc:
             raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
         print(
@@ -142,14 +146,17 @@ def data(args: argparse.Namespace) -> int:
         )
         return 0
     if args.data_command == "check":
-        from boneage_core.inspection import check_directory, require_readable
+        from boneage_core.inspection import check_directory
 
-        text, ok = check_directory(args.dir)
-        print(text)
-        require_readable(ok, args.dir)
+        text, problem = check_directory(args.dir, quiet=False)
+        print(text, flush=True)
+        if problem:
+            raise BoneAgeError(problem)
         return 0
+    from boneage_core.config import check_image_size
     from boneage_core.dataset import DataSettings, prepare
 
+    check_image_size(args.size, "--size")
     decoded = prepare(DataSettings(source=args.dir, seed=args.seed), args.size, quiet=False)
     print(f"cached {len(decoded.table)} images at {args.size} px")
     return 0

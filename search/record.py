@@ -21,7 +21,7 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -30,8 +30,12 @@ from boneage_core.errors import BoneAgeError
 from search.specs import StudySpec
 from search.study import redact_argv
 
+if TYPE_CHECKING:
+    from boneage_core.rsna import Skipped
+
 SETTINGS_ATTR = "settings"
 COMMAND_PREFIX = "command:"
+SKIPPED_ATTR = "skipped_images"
 
 
 def _learning_fields(cfg: TrainConfig, searched: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -174,6 +178,15 @@ def record_command(study: optuna.Study, entry: dict[str, Any]) -> None:
     """Add a command's provenance to the study (read back by status and the report). Each command is
     its own attr, so commands on several machines at once never overwrite each other's record."""
     study.set_user_attr(f"{COMMAND_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", entry)
+
+
+def record_skipped(study: optuna.Study, skipped: list[Skipped]) -> None:
+    """Which labelled images the study's commands left out and why, {"split/id": reason}: the search
+    records those of train and val, retrain adds the test set's. Written only when it grows."""
+    known = dict(study.user_attrs.get(SKIPPED_ATTR, {}))
+    grown = {**known, **{f"{s.split}/{s.id}": s.reason for s in skipped}}
+    if grown != known:
+        study.set_user_attr(SKIPPED_ATTR, grown)
 
 
 def recorded_commands(study: optuna.Study) -> list[dict[str, Any]]:

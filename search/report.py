@@ -23,7 +23,7 @@ from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
 from search.figures import FIGURES, GROUPS, NAMES, search_figures, test_figures
 from search.files import write_atomic, write_bytes_atomic, write_json
 from search.page import figure_page, index_page
-from search.record import command_line, describe_changes, plain, recorded_commands
+from search.record import SKIPPED_ATTR, command_line, describe_changes, plain, recorded_commands
 
 # ---------------------------------------------------------------------------------------------------
 # words from numbers
@@ -292,6 +292,7 @@ def summary_dict(
         if settings.get("data", {}).get("source") == "phantom"
         else None,
         "settings": settings,
+        "skipped_images": study.user_attrs.get(SKIPPED_ATTR, {}),
         "commands": recorded_commands(study),
         "report_command": command_line(argv) if argv is not None else None,
         "png": "written" if png_missing is None else f"not written: {png_missing}",
@@ -468,10 +469,13 @@ def _settings_section(s: dict[str, Any]) -> list[str]:
     if not settings:
         return []
     data = ", ".join(f"{k} {v}" for k, v in settings["data"].items())
+    skipped = s.get("skipped_images") or {}
+    listed = ", ".join(f"{k} ({why})" for k, why in list(skipped.items())[:5]) + (", ..." if len(skipped) > 5 else "")
     return [
         "## Settings (fixed when the study was created)",
         "",
         f"- data: {data}; fingerprint {settings.get('data_fingerprint')}",
+        *([f"- skipped images ({len(skipped)}, all in summary.json): {listed}"] if skipped else []),
         f"- fixed training fields: {_fields(settings['train'])}",
         f"- seed recipe: {_fields(settings['baseline'])}",
         f"- searched: {', '.join(settings['space']) or 'nothing'}",

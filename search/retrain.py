@@ -46,6 +46,7 @@ from search.record import (
     device_description,
     provenance,
     record_command,
+    record_skipped,
     study_settings,
 )
 from search.report import NAMES, save_study_note
@@ -192,6 +193,7 @@ def retrain(
     plan = recipes(study, spec, train_overrides or {}, baseline_overrides)
     command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
     record_command(study, command)
+    record_skipped(study, data.skipped())
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
     summary: dict[str, Any] = {

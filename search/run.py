@@ -25,7 +25,14 @@ from boneage_core.device import resolve_device
 from boneage_core.errors import BoneAgeError
 from boneage_core.models import build_model
 from search.objective import TRIAL_FAILURES, make_objective
-from search.record import check_settings, device_description, provenance, record_command, study_settings
+from search.record import (
+    check_settings,
+    device_description,
+    provenance,
+    record_command,
+    record_skipped,
+    study_settings,
+)
 from search.specs import StudySpec
 from search.study import (
     caused_by_storage,
@@ -174,7 +181,7 @@ def _open_for_search(spec: StudySpec, url: str, quiet: bool, index: int) -> tupl
     """The study and its data for worker `index`. The first process checks the study can train before
     it creates it, and checks (or, on a new study, stores) its settings; the workers it starts run on
     the same spec. The sampler is reseeded past what the study holds, distinct per worker."""
-    data = SplitsBySize(spec.data, quiet)
+    data = SplitsBySize(spec.data, quiet, warn=index == 0)
     if index == 0:
         preflight(spec, len(data.split(spec.train.image_size, "train")))
     study = open_study(spec, url)
@@ -231,6 +238,7 @@ def run_study(
     study, data = _open_for_search(spec, url, quiet, index=0)
     study.set_user_attr("storage", redact(url))
     study.set_user_attr("target_trials", n_trials)
+    record_skipped(study, data.skipped())
     record_command(
         study, provenance(argv or [], device_description(spec.train.device), data.fingerprint(), workers=workers)
     )

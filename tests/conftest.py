@@ -58,6 +58,68 @@ def hand_png(path: Path, seed: int, size=(96, 76), mode: str = "L") -> None:
         Image.fromarray(img).save(path)
 
 
+def bomb_png(path: Path, side: int = 60000) -> None:
+    """A tiny PNG whose header claims side x side pixels: a decompression bomb, never to be decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def corrupt_but_whole_png(path: Path) -> None:
+    """A PNG that ends with its IEND marker (so the quick screen passes) but whose pixel data is garbage:
+    only decoding finds it."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start : start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+def break_image(path: Path, kind: str) -> None:
+    """Turn a good image into one of the ways a file does not arrive whole (BAD_FILES)."""
+    if kind == "missing":
+        path.unlink()
+    elif kind == "corrupt pixel data":
+        corrupt_but_whole_png(path)
+    elif kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "not an image":
+        path.write_bytes(b"<html>403 Forbidden</html>")
+    elif kind == "1x1":
+        Image.new("L", (1, 1)).save(path)
+    elif kind == "decompression bomb":
+        bomb_png(path)
+    elif kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    elif kind == "dangling symlink":
+        path.unlink()
+        path.symlink_to(path.parent / "gone.png")
+    elif kind == "self-referencing symlink":
+        path.unlink()
+        path.symlink_to(path)
+
+
+BAD_FILES = [  # each found by the quick screen of every command; "corrupt pixel data" only by decoding
+    ("missing", "missing"),
+    ("zero-byte", "empty file"),
+    ("truncated", "truncated"),
+    ("not an image", "not an image file"),
+    ("1x1", "1x1 px, too small"),
+    ("decompression bomb", "decompression bomb"),
+    ("fifo", "not a regular file"),
+    ("dangling symlink", "broken symlink"),
+    ("self-referencing symlink", "symlink loop"),
+]
+
+
 def make_kaggle(root: Path, n: int = 12, doubled: bool = False, male_values=("True", "False")) -> Path:
     img_dir = root / "boneage-training-dataset"
     if doubled:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pandas as pd
 import pytest
 
 from search.specs import load_spec
 from search.study import redact
-from tests.conftest import assert_one_line_error, main_ok, make_kaggle, run_main
+from tests.conftest import assert_one_line_error, break_image, main_ok, make_kaggle, make_official, run_main
 
 GOOD = """
 [data]
@@ -33,16 +36,53 @@ epochs = 1
 def test_data_check_reports_layout_splits_ages_sex_and_modes(official_dir, tmp_path, capsys):
     out = main_ok("data", "check", str(official_dir), cwd=tmp_path, capsys=capsys).stdout
     assert "official RSNA release" in out
-    assert "split train: 10 images" in out and "split val: 6" in out and "split test: 4" in out
+    assert "split train: 10 labelled, 10 usable, 0 skipped" in out
+    assert "split val: 6 labelled" in out and "split test: 4 labelled" in out
     assert "age: 20.0 to" in out and "male" in out and "image modes: L x20" in out
-    assert "unreadable images: 0" in out
+    assert "skipped images: 0" in out
 
 
-def test_data_check_lists_unreadable_images_and_exits_2(kaggle_dir, tmp_path, capsys):
-    (kaggle_dir / "boneage-training-dataset" / "1380.png").write_bytes(b"")
+def test_data_check_on_a_partial_official_download_exits_0_and_reports_all_of_it(tmp_path, capsys):
+    """The issue's case: 2 missing, 1 truncated, CSV test labels, symlinked images."""
+    root = _partial_download(tmp_path)
+    r = main_ok("data", "check", str(root), cwd=tmp_path, capsys=capsys)
+    assert "split train: 60 labelled, 57 usable, 3 skipped (2 missing, 1 not a readable image (truncated))" in r.stdout
+    assert "Bone Age Test Set/Bone age ground truth.csv" in r.stdout and "split test: 4 labelled, 4 usable" in r.stdout
+    assert "split val: 6 labelled, 6 usable" in r.stdout
+    assert "skipped images: 3" in r.stdout
+    for case in ("train/1380: missing", "train/1381: missing", "train/1390.png: not a readable image (truncated)"):
+        assert case in r.stdout
+
+
+def _partial_download(tmp_path):
+    root = make_official(tmp_path / "rsna", n_train=60)  # 3 of 60 bad: 5%, not above
+    images = root / "boneage-training-dataset"
+    (images / "1380.png").unlink()
+    (images / "1381.png").unlink()
+    break_image(images / "1390.png", "truncated")
+    elsewhere = tmp_path / "other-disk"  # the validation images are links to another disk
+    shutil.move(root / "Bone Age Validation Set" / "boneage-validation-dataset-2", elsewhere)
+    (root / "Bone Age Validation Set" / "boneage-validation-dataset-2").symlink_to(elsewhere, target_is_directory=True)
+    test = root / "Bone Age Test Set"
+    pd.read_excel(test / "Bone age ground truth.xlsx").to_csv(test / "Bone age ground truth.csv", index=False)
+    (test / "Bone age ground truth.xlsx").unlink()
+    return root
+
+
+def test_data_check_lists_a_split_it_expected_but_did_not_find(official_dir, tmp_path, capsys):
+    (official_dir / "Bone Age Test Set" / "Bone age ground truth.xlsx").unlink()
+    r = main_ok("data", "check", str(official_dir), cwd=tmp_path, capsys=capsys)
+    assert "split test: folder 'Bone Age Test Set' is there but its label file" in r.stdout
+    assert "no test set: a seeded split of the training images stands in" in r.stdout
+    assert "WARNING" in r.stderr and "Bone age ground truth.xlsx" in r.stderr
+
+
+def test_data_check_on_a_broken_download_lists_it_and_exits_2(kaggle_dir, tmp_path, capsys):
+    for name in ("1380.png", "1381.png"):
+        (kaggle_dir / "boneage-training-dataset" / name).write_bytes(b"")
     r = run_main("data", "check", str(kaggle_dir), cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "unreadable")
-    assert "1380.png" in r.stdout and "unreadable images: 1" in r.stdout
+    assert_one_line_error(r, "split train: 2 of 12 labelled images (17%)", "download looks incomplete")
+    assert "train/1380.png: empty file" in r.stdout and "skipped images: 2" in r.stdout
 
 
 def test_make_phantom_writes_the_kaggle_layout(tmp_path, capsys):
@@ -50,7 +90,12 @@ def test_make_phantom_writes_the_kaggle_layout(tmp_path, capsys):
     assert "noise floor: MAE 4.79 months" in r.stdout
     assert len(list((tmp_path / "ph" / "boneage-training-dataset").glob("*.png"))) == 24
     r = main_ok("data", "check", str(tmp_path / "ph"), cwd=tmp_path, capsys=capsys)
-    assert "Kaggle copy" in r.stdout and "split train: 24 images" in r.stdout
+    assert "Kaggle copy" in r.stdout and "split train: 24 labelled, 24 usable" in r.stdout
+    # never over a directory that holds anything: the user's data would be mixed with hands
+    before = sorted(p.name for p in (tmp_path / "ph").iterdir())
+    r = run_main("data", "make-phantom", str(tmp_path / "ph"), "--n", "24", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "already exists and is not an empty directory")
+    assert sorted(p.name for p in (tmp_path / "ph").iterdir()) == before
 
 
 def test_data_cache_decodes_a_directory(kaggle_dir, tmp_path, capsys):
@@ -118,6 +163,14 @@ BAD_ARGS = [
     ("study name dot dot", ["report", "--set", "study.name=.."], "study.name", "'..'"),
     ("study name a path", ["report", "--set", "study.name=a/b"], "study.name"),
     ("phantom seed negative", ["data", "make-phantom", "ph", "--seed", "-1"], "--seed", "2^32"),
+    ("image size too large", ["run", "--set", "data.image_size=20000"], "data.image_size = 20000", "above 1024"),
+    ("cache size too large", ["data", "cache", ".", "--size", "5000"], "--size = 5000", "above 1024"),
+    (
+        "space image size too large",
+        ["run", "--set", 'space.image_size.type="categorical"', "--set", "space.image_size.choices=[64, 4096]"],
+        "4096 px",
+        "1024",
+    ),  # fmt: skip
     ("dashboard port too large", ["dashboard", "--port", "99999"], "--port", "65535"),
     ("dashboard empty host", ["dashboard", "--host", ""], "--host is empty"),
     ("dashboard unknown host", ["dashboard", "--host", "no-such-host.invalid"], "--host", "resolve"),

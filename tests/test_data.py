@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pandas as pd
 import pytest
 
 from boneage_core import BoneAgeError
-from boneage_core.rsna import DataReport, age_bins, load_table, split_table
-from tests.conftest import hand_png, make_kaggle
+from boneage_core.rsna import DataReport, Skipped, age_bins, load_table, split_table
+from tests.conftest import BAD_FILES, break_image, make_kaggle
 
 
 def test_kaggle_layout_reads_ids_ages_sex_and_paths(kaggle_dir):
@@ -75,17 +76,94 @@ def test_a_few_missing_images_are_skipped_and_counted(kaggle_dir):
     (kaggle_dir / "boneage-training-dataset" / "1377.png").unlink()
     report = DataReport()
     table = load_table(kaggle_dir, report)
-    assert len(table) == 11 and report.missing_images["train"] == 1
+    assert len(table) == 11 and report.skipped == [Skipped("train", "1377", "", "missing")]
+    assert report.labelled == {"train": 12}
+    report.check_share()  # 8% of 12, but one bad file alone is never a broken download
 
 
-def test_image_symlink_pointing_outside_the_data_dir_is_ignored(kaggle_dir, tmp_path):
-    outside = tmp_path / "secret.png"
-    hand_png(outside, 1)
-    target = kaggle_dir / "boneage-training-dataset" / "1377.png"
-    target.unlink()
-    target.symlink_to(outside)
-    table = load_table(kaggle_dir)
-    assert "1377" not in set(table["id"])
+@pytest.mark.parametrize("kind,reason", BAD_FILES, ids=[k for k, _ in BAD_FILES])
+def test_a_file_that_did_not_arrive_whole_is_skipped_with_its_reason(tmp_path, kind, reason):
+    root = make_kaggle(tmp_path / "k", n=20)
+    break_image(root / "boneage-training-dataset" / "1380.png", kind)
+    report = DataReport()
+    table = load_table(root, report)  # never hangs (a FIFO is not opened) nor raises
+    assert len(table) == 19 and "1380" not in set(table["id"])
+    [skipped] = report.skipped
+    assert (skipped.split, skipped.id) == ("train", "1380") and reason in skipped.reason
+    report.check_share()  # 1 of 20 is 5%: a few bad files, not a broken download
+
+
+def test_more_than_5_percent_bad_in_a_split_is_a_broken_download(tmp_path):
+    root = make_kaggle(tmp_path / "k", n=20)
+    (root / "boneage-training-dataset" / "1380.png").unlink()
+    break_image(root / "boneage-training-dataset" / "1381.png", "truncated")
+    report = DataReport()
+    assert len(load_table(root, report)) == 18
+    with pytest.raises(BoneAgeError, match=r"split train: 2 of 20 labelled images \(10%\) are missing or unreadable"):
+        report.check_share()
+
+
+def test_symlinked_images_and_folders_are_followed(tmp_path):
+    shared = make_kaggle(tmp_path / "shared-disk", n=12)  # the real files, on "another disk"
+    root = tmp_path / "assembled"
+    root.mkdir()
+    (root / "boneage-training-dataset.csv").symlink_to(shared / "boneage-training-dataset.csv")
+    (root / "boneage-training-dataset").mkdir()
+    for png in sorted((shared / "boneage-training-dataset").iterdir())[:6]:  # six linked one by one
+        (root / "boneage-training-dataset" / png.name).symlink_to(png)
+    extra = tmp_path / "more"  # and a linked folder holding the other six
+    extra.mkdir()
+    for png in sorted((shared / "boneage-training-dataset").iterdir())[6:]:
+        os.link(png, extra / png.name)
+    (root / "boneage-training-dataset" / "batch2").symlink_to(extra, target_is_directory=True)
+    (extra / "loop").symlink_to(extra, target_is_directory=True)  # a folder loop ends the walk, not the run
+    table = load_table(root)
+    assert len(table) == 12
+    assert all(p.startswith(str(root)) for p in table["path"])  # the path under root, not the target
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc/passwd", "/etc/passwd", "..", "sub/1377"])
+def test_a_label_id_that_is_a_path_is_refused(kaggle_dir, bad_id):
+    path = kaggle_dir / "boneage-training-dataset.csv"
+    df = pd.read_csv(path, dtype=str)
+    df.loc[3, "id"] = bad_id
+    df.to_csv(path, index=False)
+    with pytest.raises(BoneAgeError, match=r"row 5, column 'id' = .* is not an image id"):
+        load_table(kaggle_dir)
+
+
+def test_official_label_files_are_found_as_csv_and_in_doubled_folders(official_dir):
+    test_dir = official_dir / "Bone Age Test Set"
+    xlsx = test_dir / "Bone age ground truth.xlsx"
+    pd.read_excel(xlsx).to_csv(test_dir / "Bone age ground truth.csv", index=False)  # a CSV export
+    xlsx.unlink()
+    report = DataReport()
+    table = load_table(official_dir, report)
+    assert table["split"].value_counts().to_dict() == {"train": 10, "val": 6, "test": 4}
+    assert "Bone Age Test Set/Bone age ground truth.csv" in report.label_files and report.not_found == []
+    doubled = official_dir / "Bone Age Validation Set" / "Bone Age Validation Set"
+    doubled.mkdir()
+    (official_dir / "Bone Age Validation Set" / "Validation Dataset.csv").rename(doubled / "Validation Dataset.csv")
+    report = DataReport()
+    table = load_table(official_dir, report)
+    assert table["split"].value_counts().to_dict() == {"train": 10, "val": 6, "test": 4}
+    assert "Bone Age Validation Set/Bone Age Validation Set/Validation Dataset.csv" in report.label_files
+
+
+def test_a_split_folder_without_its_label_file_is_named_in_a_warning(official_dir, caplog):
+    (official_dir / "Bone Age Test Set" / "Bone age ground truth.xlsx").unlink()
+    report = DataReport()
+    with caplog.at_level(logging.WARNING):
+        table = load_table(official_dir, report)
+    assert set(table["split"]) == {"train", "val"}
+    [note] = report.not_found
+    assert "folder 'Bone Age Test Set' is there but its label file" in note and "Bone age ground truth.xlsx" in note
+    assert "Bone age ground truth.xlsx" in caplog.text and "carved from the training images" in caplog.text
+    # a Kaggle copy simply has no official val/test: said without a warning
+    caplog.clear()
+    report = DataReport()
+    load_table(make_kaggle(official_dir.parent / "k"), report)
+    assert [n.split(":")[0] for n in report.not_found] == ["val", "test"] and "WARNING" not in caplog.text
 
 
 def _edit_csv(root, **changes):

@@ -19,8 +19,10 @@ import torch
 from optuna.trial import TrialState
 
 from tests.conftest import (
+    BAD_FILES,
     REPO,
     assert_one_line_error,
+    break_image,
     finished,
     hand_png,
     load,
@@ -60,16 +62,9 @@ def _empty(root: Path) -> None:
     root.mkdir()
 
 
-def _image(root: Path, content) -> None:
-    path = root / "boneage-training-dataset" / "1380.png"
-    if content == "truncated":
-        path.write_bytes(path.read_bytes()[:200])
-    elif content == "1x1":
-        from PIL import Image
-
-        Image.new("L", (1, 1)).save(path)
-    else:
-        path.write_bytes(content)
+def _two_bad(root: Path) -> None:
+    break_image(root / "boneage-training-dataset" / "1380.png", "truncated")
+    break_image(root / "boneage-training-dataset" / "1381.png", "missing")
 
 
 DATA_CASES = [
@@ -87,10 +82,7 @@ DATA_CASES = [
     ("sex unknown", lambda r: _break_csv(r, "male", "x"), "unrecognised sex value 'x'"),
     ("duplicate id", _duplicate_id, "duplicate id"),
     ("every image missing", _all_images_gone, "none of its 20 images"),
-    ("zero-byte png", lambda r: _image(r, b""), "1380.png"),
-    ("truncated png", lambda r: _image(r, "truncated"), "1380.png"),
-    ("not an image", lambda r: _image(r, b"<html>nope</html>"), "1380.png"),
-    ("1x1 image", lambda r: _image(r, "1x1"), "too small"),
+    ("a broken download", _two_bad, "split train: 2 of 20 labelled images (10%) are missing or unreadable"),
 ]
 
 
@@ -105,12 +97,19 @@ def test_bad_data_is_one_line_exit_2_and_keeps_the_study(tmp_path, case, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside
 
 
-def test_a_few_missing_images_are_skipped_with_a_warning(tmp_path, capsys):
+@pytest.mark.parametrize("kind", [k for k, _ in BAD_FILES] + ["corrupt pixel data"])
+def test_one_file_that_did_not_arrive_whole_is_skipped_with_one_warning(tmp_path, kind, capsys):
     root = make_kaggle(tmp_path / "rsna", n=20)
-    (root / "boneage-training-dataset" / "1380.png").unlink()
+    break_image(root / "boneage-training-dataset" / "1380.png", kind)
     r = main_ok("data", "cache", str(root), "--size", "32", cwd=tmp_path, capsys=capsys)
     assert "cached 19 images" in r.stdout
-    assert "1 of 20 images are missing and skipped" in r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "skipped" in line]
+    assert len(warnings) == 1 and "1 of 20 labelled images are skipped" in warnings[0] and "train/1380" in warnings[0]
+    listed = pd.read_csv(warnings[0].split("the full list is in ")[1], dtype=str)
+    assert listed[["split", "id"]].values.tolist() == [["train", "1380"]]
+    # data check agrees: the same image is unusable, the data is usable
+    r = main_ok("data", "check", str(root), cwd=tmp_path, capsys=capsys)
+    assert "split train: 20 labelled, 19 usable, 1 skipped" in r.stdout and "train/1380" in r.stdout
 
 
 def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkeypatch, capsys):
@@ -140,6 +139,7 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkey
     monkeypatch.setenv("BONEAGE_CACHE_DIR", str(cache))
     r = main_ok("data", "cache", str(root), "--size", "64", cwd=tmp_path, capsys=capsys)  # the rerun needs no process
     assert "cached 250 images" in r.stdout
+    assert not list(cache.glob("*.tmp.npy"))  # the killed build's temporary file is cleaned up
     import numpy as np
 
     arr = np.load(next(cache.glob("images-*64px.npy")))
@@ -450,3 +450,40 @@ def socket_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_cache_directory_that_is_a_file_or_read_only_is_one_line(tmp_path, kaggle_dir, monkeypatch, capsys):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BONEAGE_CACHE_DIR", str(blocker))
+    r = run_main("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, f"cache directory {blocker} is not writable", "BONEAGE_CACHE_DIR")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True)
+    if mounted.returncode != 0:  # root ignores permission bits: only a read-only mount is read-only to it
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        monkeypatch.setenv("BONEAGE_CACHE_DIR", str(read_only))
+        r = run_main("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, f"cache directory {read_only} is not writable", "Read-only file system")
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], capture_output=True)
+
+
+def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(tmp_path, tiny_disk, monkeypatch, capsys):
+    """1 MB of tmpfs; 20 images at 256 px need 1.3 MB. Without the check the build died of SIGBUS, with no
+    message, leaving its temporary file."""
+    root = make_kaggle(tmp_path / "rsna", n=20)
+    monkeypatch.setenv("BONEAGE_CACHE_DIR", str(tiny_disk))
+    r = run_main("data", "cache", str(root), "--size", "256", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "the cache needs 1.3 MB in", "MB are free", "BONEAGE_CACHE_DIR")
+    assert not list(tiny_disk.rglob("*.npy"))
+    # the free-space figure can be stale (another process filling the disk): the blocks are reserved
+    # before any is written, so that too is one line, not a bus error
+    import boneage_core.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "DISK_MARGIN_BYTES", -(2**40))
+    r = run_main("data", "cache", str(root), "--size", "256", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "cannot write the image cache in", "No space left on device")
+    assert not list(tiny_disk.rglob("*.npy"))

@@ -224,8 +224,8 @@ def test_search_never_reads_the_test_split(tmp_path, study, monkeypatch):
     from search.specs import load_spec
 
     decoded = []
-    real = cache_mod.decode_image
-    monkeypatch.setattr(cache_mod, "decode_image", lambda p, s: decoded.append(p) or real(p, s))
+    real = cache_mod.load_pixels  # every pixel the cache build decodes goes through it
+    monkeypatch.setattr(cache_mod, "load_pixels", lambda p: decoded.append(p) or real(p))
     monkeypatch.chdir(tmp_path)
     spec = load_spec(str(study))
     run_study(spec, f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=1, quiet=True)
@@ -462,3 +462,23 @@ def test_long_commands_show_progress_in_months_and_quiet_silences_them(tmp_path,
         assert not any(line.lstrip().startswith("{") for line in (r.stdout + r.stderr).splitlines())
     quiet = main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
     assert quiet.stderr == ""
+
+
+def test_a_run_on_a_partial_download_trains_on_the_usable_images_and_records_the_skipped(tmp_path, study, capsys):
+    from tests.test_cli import _partial_download
+
+    root = _partial_download(tmp_path)
+    r = main_ok("run", "--study", str(study), "--data", str(root), "--trials", "1", cwd=tmp_path, capsys=capsys)
+    warnings = [line for line in r.stderr.splitlines() if "labelled images are skipped" in line]
+    assert len(warnings) == 1 and "3 of 60 labelled images are skipped" in warnings[0]
+    s = load(tmp_path)
+    assert s.user_attrs["skipped_images"] == {
+        "train/1380": "missing",
+        "train/1381": "missing",
+        "train/1390": "not a readable image (truncated)",
+    }
+    [trial] = finished(s)
+    assert trial.user_attrs["val_metrics"]["n"] == 6  # the official validation set, half of it through a link
+    main_ok("report", "--study", str(study), "--data", str(root), cwd=tmp_path, capsys=capsys)
+    summary = (tmp_path / "results" / "tiny" / "summary.md").read_text()
+    assert "skipped images (3, all in summary.json): train/1380 (missing)" in summary
