@@ -19,18 +19,26 @@ from boneage_core.phantom import generate_image
 RSNA_HW = (2044, 1514)  # a typical RSNA scan, portrait
 
 
-def _write_fullsize(args: tuple[Path, int, int]) -> dict:
-    """One phantom hand at RSNA size with film grain (so it compresses like a scan), 8- or 16-bit."""
-    out_dir, seed, index = args
+def write_fullsize(path: Path, seed: int, index: int, sixteen_bit: bool, compress_level: int = 6) -> dict:
+    """One phantom hand at RSNA size with film grain (so it compresses like a scan), 8-bit or 16-bit with
+    12 bits used (as many DICOM exports store them)."""
     image, age, male, _ = generate_image(seed, index)
     big = np.asarray(Image.fromarray(image, mode="F").resize(RSNA_HW[::-1], Image.Resampling.BICUBIC))
     big = np.clip(big + np.random.default_rng([seed, index, 2]).normal(0, 0.01, big.shape), 0, 1)
-    path = out_dir / f"{5000 + index}.png"
-    if index % 2:  # 16-bit with 12 bits used, as many DICOM exports store them
-        Image.fromarray((big * 4095).astype(np.uint16)).save(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if sixteen_bit:
+        Image.fromarray((big * 4095).astype(np.uint16)).save(path, format="PNG", compress_level=compress_level)
     else:
-        Image.fromarray((big * 255 + 0.5).astype(np.uint8), mode="L").save(path)
-    return {"id": 5000 + index, "path": str(path), "age_months": age, "male": male, "bits": 16 if index % 2 else 8}
+        Image.fromarray((big * 255 + 0.5).astype(np.uint8), mode="L").save(
+            path, format="PNG", compress_level=compress_level
+        )
+    return {"path": str(path), "age_months": age, "male": male, "bits": 16 if sixteen_bit else 8}
+
+
+def _write_fullsize(args: tuple[Path, int, int]) -> dict:
+    out_dir, seed, index = args
+    row = write_fullsize(out_dir / f"{5000 + index}.png", seed, index, sixteen_bit=bool(index % 2))
+    return {"id": 5000 + index, **row}
 
 
 def make_fullsize_images(out_dir: Path, n: int, seed: int = 0) -> pd.DataFrame:

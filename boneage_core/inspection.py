@@ -64,7 +64,7 @@ def check_directory(root: str | Path, quiet: bool = True) -> tuple[str, str | No
         lines.append(f"sex: {int(usable['male'].sum())} male, {int((~usable['male']).sum())} female")
     lines.append("image modes: " + ", ".join(f"{m} x{n}" for m, n in modes.most_common()))
     lines.append(f"skipped images: {len(report.skipped)}")
-    lines += [f"  {s.split}/{Path(s.path).name or s.id}: {s.reason}" for s in report.skipped]
+    lines += [f"  {s.split}/{s.id}: {s.reason}" for s in report.skipped]
     try:
         report.check_share()
     except BoneAgeError as exc:

@@ -99,7 +99,7 @@ class DataReport:
         for split, n in self.labelled.items():
             bad = self.skipped_in(split)
             if len(bad) > max(1.0, max_share * n):
-                first = ", ".join(f"{Path(b.path).name or b.id} ({b.reason})" for b in bad[:3])
+                first = ", ".join(f"{b.split}/{b.id} ({b.reason})" for b in bad[:3])
                 raise BoneAgeError(
                     f"split {split}: {len(bad)} of {n} labelled images ({len(bad) / n:.0%}) are missing or unreadable, "
                     f"more than the {max_share:.0%} a few bad files explain: the download looks incomplete; "
@@ -110,7 +110,7 @@ class DataReport:
         """'3 of 1200 labelled images are skipped (2 missing, 1 empty file): train/a.png (missing), ...'"""
         n = sum(k for split, k in self.labelled.items() if split in {s.split for s in skipped})
         reasons = Counter(s.reason for s in skipped)
-        first = ", ".join(f"{s.split}/{Path(s.path).name or s.id} ({s.reason})" for s in skipped[:3])
+        first = ", ".join(f"{s.split}/{s.id} ({s.reason})" for s in skipped[:3])
         more = ", ..." if len(skipped) > 3 else ""
         how = ", ".join(f"{k} {r}" for r, k in reasons.most_common())
         return f"{len(skipped)} of {n} labelled images are skipped ({how}): {first}{more}"

@@ -50,7 +50,7 @@ def test_data_check_on_a_partial_official_download_exits_0_and_reports_all_of_it
     assert "Bone Age Test Set/Bone age ground truth.csv" in r.stdout and "split test: 4 labelled, 4 usable" in r.stdout
     assert "split val: 6 labelled, 6 usable" in r.stdout
     assert "skipped images: 3" in r.stdout
-    for case in ("train/1380: missing", "train/1381: missing", "train/1390.png: not a readable image (truncated)"):
+    for case in ("train/1380: missing", "train/1381: missing", "train/1390: not a readable image (truncated)"):
         assert case in r.stdout
 
 
@@ -82,7 +82,7 @@ def test_data_check_on_a_broken_download_lists_it_and_exits_2(kaggle_dir, tmp_pa
         (kaggle_dir / "boneage-training-dataset" / name).write_bytes(b"")
     r = run_main("data", "check", str(kaggle_dir), cwd=tmp_path, capsys=capsys)
     assert_one_line_error(r, "split train: 2 of 12 labelled images (17%)", "download looks incomplete")
-    assert "train/1380.png: empty file" in r.stdout and "skipped images: 2" in r.stdout
+    assert "train/1380: empty file" in r.stdout and "skipped images: 2" in r.stdout
 
 
 def test_make_phantom_writes_the_kaggle_layout(tmp_path, capsys):
