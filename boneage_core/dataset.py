@@ -164,6 +164,7 @@ def prepare(
     root = resolve_source(settings, cache_dir, quiet)
     report = report if report is not None else DataReport()
     table = load_table(root, report)
+    report.check_share()  # a broken download is told before minutes of decoding, and again after it
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     split_file = cache_dir / "splits" / f"{root.resolve().name}-{tag}-s{settings.seed}.csv"
     labelled_as = dict(zip(table["id"], table["split"], strict=True))  # the label file's split, for the counts

@@ -13,6 +13,7 @@ import torch
 from boneage_core.dataset import SplitsBySize
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.train import fit
+from search.record import epoch_recorder
 from search.space import suggest_config
 from search.specs import StudySpec
 
@@ -34,7 +35,7 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
             trial.set_user_attr("config", cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-            metrics = fit(cfg, train, val, _reporter(trial, start), memory_share=memory_share).metrics
+            metrics = fit(cfg, train, val, epoch_recorder(trial, start), memory_share=memory_share).metrics
         except BaseException as exc:  # failed, pruned or interrupted
             if isinstance(exc, TRIAL_FAILURES):  # the reason is stored with the trial, printed by the run loop
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -63,19 +64,3 @@ def collect() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _reporter(trial: optuna.Trial, start: float) -> Callable[[int, dict], None]:
-    """fit's on_epoch_end for a trial: record the epoch, report val MAE, raise TrialPruned to prune."""
-    history: list[dict] = []
-
-    def on_epoch_end(epoch: int, row: dict) -> None:
-        history.append(row)
-        trial.set_user_attr("history", history)
-        trial.set_user_attr("epochs_run", epoch)
-        trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
-        trial.report(row["val_mae_months"], epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"val MAE {row['val_mae_months']:.2f} months after epoch {epoch}")
-
-    return on_epoch_end

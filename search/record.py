@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,6 +179,24 @@ def record_command(study: optuna.Study, entry: dict[str, Any]) -> None:
     """Add a command's provenance to the study (read back by status and the report). Each command is
     its own attr, so commands on several machines at once never overwrite each other's record."""
     study.set_user_attr(f"{COMMAND_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", entry)
+
+
+def epoch_recorder(trial: optuna.Trial, start: float) -> Callable[[int, dict], None]:
+    """fit's on_epoch_end for a trial: record the epoch (history, epochs run, wall time), report val MAE,
+    raise TrialPruned to prune. What a search trial writes to the study per epoch; the storage benchmark
+    writes through it too."""
+    history: list[dict] = []
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        history.append(row)
+        trial.set_user_attr("history", history)
+        trial.set_user_attr("epochs_run", epoch)
+        trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
+        trial.report(row["val_mae_months"], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val MAE {row['val_mae_months']:.2f} months after epoch {epoch}")
+
+    return on_epoch_end
 
 
 def record_skipped(study: optuna.Study, skipped: list[Skipped]) -> None:

@@ -56,7 +56,8 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
     st = s["storage"]["figures"]
     assert st["runs"]["sqlite_trivial_1w"]["trials"] == 10  # one worker: exactly the budget
     assert set(st["cpu_bound_speedup_2w"]) == {"sqlite", "postgresql"}
-    slowest, speedup = max(st["ms_per_trial_trivial"].values()), min(st["cpu_bound_speedup_2w"].values())
+    assert st["runs"]["sqlite_trial_1w"]["trials"] == 10 and st["runs"]["sqlite_trial_1w"]["writes"] == "search_trial"
+    slowest, speedup = max(st["ms_per_search_trial"].values()), min(st["cpu_bound_speedup_2w"].values())
     assert s["storage"]["met"] == (slowest < 50 and speedup >= 1.7)
 
     gpu = s["gpu_throughput"]
@@ -124,3 +125,25 @@ def test_each_finished_section_is_written_before_a_later_one_fails(tmp_path, mon
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert list(report["sections"]) == ["data_path"] and report["sections"]["data_path"]["measured"] == "42x"
     assert "42x" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
+    """Its config, each epoch's history, epochs run, wall time and report, then its val metrics."""
+    import multiprocessing as mp
+
+    import optuna
+
+    from benchmarks.storage import open_study, worker
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_study(url, "b", heartbeat=False)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    worker(url, "b", 2, 0, ctx.Barrier(1), results, writes="search_trial")
+    assert results.get(timeout=10)[2] == 2
+    trials = optuna.load_study(study_name="b", storage=url).get_trials()
+    epochs = 3  # the demo study's
+    for t in trials:
+        assert set(t.params) == {"lr", "batch_size", "aug_strength"} and t.user_attrs["config"]["lr"] == t.params["lr"]
+        assert len(t.user_attrs["history"]) == t.user_attrs["epochs_run"] == epochs
+        assert sorted(t.intermediate_values) == [1, 2, 3] and "mae_months" in t.user_attrs["val_metrics"]
