@@ -85,9 +85,9 @@ def bench_training_overhead(sizes: Sizes, work: Path, device: torch.device, **_)
         "Training overhead: fit epoch on cached data vs the bare model step on tensors in memory",
         "ratio 1.10 or less (data and augmentation hidden behind compute)",
     )
-    spec, train, val = _demo_data(sizes.overhead_override)
+    spec, train, full_val = _demo_data(sizes.overhead_override)
     cfg = dataclasses.replace(spec.train, epochs=4, device=str(device))
-    val = _head(val, 64)
+    val = _head(full_val, 64)
     torch.set_num_threads(os.cpu_count() or 1)
     pairs = []
     for _ in range(sizes.overhead_pairs):
@@ -95,10 +95,18 @@ def bench_training_overhead(sizes: Sizes, work: Path, device: torch.device, **_)
         middle = [h["epoch_time_s"] for h in hist[1:-1]]  # warmed up, not evaluating
         fit_s = min(middle)
         eval_s = hist[-1]["epoch_time_s"] - statistics.mean(middle)
+        # a search epoch: training plus what every trial's epoch adds, batch-norm re-estimation and the
+        # evaluation of the whole val split
+        searched = fit(cfg, train, full_val).history
+        search_s = min(h["epoch_time_s"] for h in searched[1:])
         bare_s = synthetic_epoch_s(cfg, len(train), device)
-        pairs.append({"fit_epoch_s": round(fit_s, 3), "bare_epoch_s": round(bare_s, 3), "eval_s": round(eval_s, 3)})
+        pairs.append(
+            {"fit_epoch_s": round(fit_s, 3), "search_epoch_s": round(search_s, 3), "bare_epoch_s": round(bare_s, 3),
+             "eval_s": round(eval_s, 3)}
+        )  # fmt: skip
     data_s = data_path_epoch_s(train, cfg, device)
     fit_best, bare_best = min(p["fit_epoch_s"] for p in pairs), min(p["bare_epoch_s"] for p in pairs)
+    search_best = min(p["search_epoch_s"] for p in pairs)
     ratio = fit_best / bare_best
     s["figures"] = {
         "device": str(device),
@@ -112,6 +120,9 @@ def bench_training_overhead(sizes: Sizes, work: Path, device: torch.device, **_)
         "bare_epoch_best_s": bare_best,
         "ratio": round(ratio, 3),
         "ratio_per_pair": [round(p["fit_epoch_s"] / p["bare_epoch_s"], 3) for p in pairs],
+        "search_epoch_best_s": search_best,
+        "val_images": len(full_val),
+        "search_epoch_ratio": round(search_best / bare_best, 3),
         "data_path_epoch_s": round(data_s, 4),
         "data_path_share_of_epoch": round(data_s / fit_best, 4),
         "images_per_s_fit": round(len(train) // cfg.batch_size * cfg.batch_size / fit_best, 1),
@@ -119,7 +130,8 @@ def bench_training_overhead(sizes: Sizes, work: Path, device: torch.device, **_)
     s["met"] = ratio <= 1.10
     s["measured"] = (
         f"{ratio:.3f} (best of {len(pairs)} runs each, {cfg.image_size} px, batch {cfg.batch_size}); the data path "
-        f"alone takes {data_s * 1000:.0f} ms of a {fit_best:.1f} s epoch ({data_s / fit_best:.1%})"
+        f"alone takes {data_s * 1000:.0f} ms of a {fit_best:.1f} s epoch ({data_s / fit_best:.1%}); a search epoch "
+        f"(with batch-norm re-estimation and the whole val split's evaluation) {search_best / bare_best:.3f}"
     )
     s["notes"] = [
         f"The study's own training config ({spec.name}: {cfg.backbone}, {cfg.image_size} px, batch {cfg.batch_size}, "
@@ -129,7 +141,9 @@ def bench_training_overhead(sizes: Sizes, work: Path, device: torch.device, **_)
         "count, fastest pass after a warm-up pass. Fastest, because on a shared machine noise only adds time "
         "(the CPU's speed here swings by tens of percent within minutes, see ratio_per_pair).",
         f"Per-epoch evaluation is a separate cost: batch-norm re-estimation on 256 training images plus {len(val)} "
-        f"val images took about {statistics.mean(p['eval_s'] for p in pairs):.2f} s here.",
+        f"val images took about {statistics.mean(p['eval_s'] for p in pairs):.2f} s here. search_epoch_ratio "
+        f"counts it: the fastest epoch after the first of a fit that, as every search trial does, re-estimates "
+        f"batch norm and evaluates all {len(full_val)} val images each epoch, over the same bare step.",
         "data_path_epoch_s: training_batches alone (gather from the uint8 cache, standardize, augment) for one "
         "epoch, the direct measure of what the ratio bounds.",
     ]

@@ -41,6 +41,7 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
         o["fit_epoch_best_s"] / o["bare_epoch_best_s"], abs=1e-3
     )
     assert s["training_overhead"]["met"] == (o["ratio"] <= 1.10)
+    assert o["search_epoch_ratio"] == pytest.approx(o["search_epoch_best_s"] / o["bare_epoch_best_s"], abs=1e-3)
 
     se = s["search_efficiency"]["figures"]
     pruned, unpruned, random = se["tpe_pruned"], se["tpe_unpruned"], se["random_equal_epochs"]
