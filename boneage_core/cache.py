@@ -231,7 +231,12 @@ def _reserve(tmp: Path, shape: tuple[int, int, int], cache_dir: Path) -> np.ndar
 
 
 def build_cache(
-    table: pd.DataFrame, size: int, cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = False
+    table: pd.DataFrame,
+    size: int,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    quiet: bool = False,
+    what: str = "images",
 ) -> tuple[np.ndarray, dict[int, str]]:
     """uint8 (len(table), size, size) memory-mapped copy-on-write (every process shares the pages; none
     copies them), row i = table row i, decoded only on a cache miss; and {row: reason} for the rows whose
@@ -250,7 +255,7 @@ def build_cache(
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         out = _reserve(tmp, shape, cache_dir)
-        failed = _decode_into(out, table, size, workers, quiet)
+        failed = _decode_into(out, table, size, workers, quiet, f"decoding {what} at {size} px")
         out.flush()
         del out
         _write_unreadable(listed, table, failed)  # before the cache: a cache under its name has its list
@@ -266,13 +271,15 @@ def build_cache(
     return np.load(path, mmap_mode="c"), failed
 
 
-def _decode_into(out: np.ndarray, table: pd.DataFrame, size: int, workers: int | None, quiet: bool) -> dict[int, str]:
+def _decode_into(
+    out: np.ndarray, table: pd.DataFrame, size: int, workers: int | None, quiet: bool, desc: str
+) -> dict[int, str]:
     # PIL releases the GIL while decoding, so threads decode in parallel without pickling arrays
     workers = workers or min(32, os.cpu_count() or 1)
     failed: dict[int, str] = {}
     with ThreadPoolExecutor(workers) as pool:
         done = pool.map(lambda p: _decode_row(p, size), table["path"])
-        bar = tqdm(done, total=len(table), desc=f"decoding {size}px cache", disable=quiet, unit="img")
+        bar = tqdm(done, total=len(table), desc=desc, disable=quiet, unit="img")
         for i, (img, reason) in enumerate(bar):
             if img is None:
                 out[i] = 0

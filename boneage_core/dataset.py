@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage_core.cache import build_cache, cache_path, default_cache_dir
+from boneage_core.cache import build_cache, default_cache_dir
 from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
 from boneage_core.phantom import TRAIN_CSV, write_phantom
@@ -41,26 +41,26 @@ class Split:
 
 @dataclass
 class DecodedData:
-    """The table of the splits asked for and their images decoded at one size."""
+    """The table of the splits asked for and their images decoded at one size, one cache file per split."""
 
-    table: pd.DataFrame  # id, path, age_months, male, split: the usable rows, each split's rows together
-    images: np.ndarray  # uint8 (n, S, S), memory-mapped; table row i is images[rows[i]]
+    table: pd.DataFrame  # id, path, age_months, male, split: the usable rows, split by split
+    images: dict[str, np.ndarray]  # split -> uint8 (n, S, S), memory-mapped: that split's cache file
     root: Path
     fingerprint: str = ""  # data_fingerprint of every split's usable images before any cap
-    rows: np.ndarray | None = None  # None: row i is images[i]
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # split -> its usable rows, where one was skipped
     skipped: list[Skipped] = field(default_factory=list)  # labelled images not used, and why
 
     def split(self, *names: str) -> Split:
-        """The images of the named splits: a view of the memory-mapped cache where their rows lie together
-        (so K workers share one copy of the pages), a copy only where a skipped image leaves a gap."""
-        mask = self.table["split"].isin(names).to_numpy()
-        if not mask.any():
+        """The images of the named splits. One split is its memory-mapped cache file itself (K workers
+        share one copy of its pages), or a copy of its usable rows where an image failed to decode;
+        several (retrain's train+val) are one copy."""
+        present = [n for n in names if n in self.images]
+        if not present:
             raise BoneAgeError(f"the data under {self.root} has no images in split {'+'.join(names)}")
-        rows = (np.arange(len(self.table)) if self.rows is None else self.rows)[mask]
-        contiguous = rows[-1] - rows[0] + 1 == len(rows) and bool((np.diff(rows) == 1).all())
-        t = self.table[mask]
+        parts = [self.images[n] if n not in self.rows else np.asarray(self.images[n][self.rows[n]]) for n in present]
+        t = pd.concat([self.table[self.table["split"] == n] for n in present])
         return Split(
-            images=self.images[rows[0] : rows[-1] + 1] if contiguous else np.asarray(self.images[rows]),
+            images=parts[0] if len(parts) == 1 else np.concatenate(parts),
             age_months=t["age_months"].to_numpy(np.float32),
             male=t["male"].to_numpy(bool),
             ids=t["id"].to_numpy(str),
@@ -114,13 +114,6 @@ def data_fingerprint(table: pd.DataFrame, root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _group_splits(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows ordered train, val, test (each split's own order kept): each split, and train+val, is one run
-    of rows in the cache, which a Split can then view instead of copy."""
-    order = table["split"].map({name: i for i, name in enumerate(SPLITS)})
-    return table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
-
-
 def _check_writable(cache_dir: Path) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -132,9 +125,8 @@ def _check_writable(cache_dir: Path) -> None:
         ) from None
 
 
-def _save_skipped(skipped: list[Skipped], cache: Path) -> Path:
-    """Every skipped image of this cache (split, id, path, reason), beside it."""
-    out = cache.with_name(cache.stem + ".skipped.csv")
+def _save_skipped(skipped: list[Skipped], out: Path) -> Path:
+    """Every skipped image (split, id, path, reason), in the cache directory."""
     tmp = out.with_name(out.name + ".tmp")
     try:
         pd.DataFrame([dataclasses.asdict(s) for s in skipped], columns=["split", "id", "path", "reason"]).to_csv(
@@ -169,31 +161,36 @@ def prepare(
     split_file = cache_dir / "splits" / f"{root.resolve().name}-{tag}-s{settings.seed}.csv"
     labelled_as = dict(zip(table["id"], table["split"], strict=True))  # the label file's split, for the counts
     try:
-        table = _group_splits(split_table(table, settings.seed, split_file))
+        table = split_table(table, settings.seed, split_file)
     except OSError as exc:
         raise BoneAgeError(f"cannot write the split file {split_file} ({exc.strerror or exc})") from None
     fingerprint = data_fingerprint(table, root)
     table = cap_per_split(table[table["split"].isin(splits)], settings.max_images, settings.seed)
-    table = table.reset_index(drop=True)
-    images, failed = build_cache(table, image_size or settings.image_size, cache_dir, quiet=quiet)
-    used = np.ones(len(table), bool)
-    for i, reason in failed.items():
-        used[i] = False
-        case = table["id"].iloc[i]
-        report.skipped.append(Skipped(labelled_as[case], case, table["path"].iloc[i], reason))
+    size = image_size or settings.image_size
+    images, rows, kept = {}, {}, []
+    for name in (s for s in SPLITS if s in set(table["split"])):  # one cache file per split
+        part = table[table["split"] == name].reset_index(drop=True)
+        images[name], failed = build_cache(part, size, cache_dir, quiet=quiet, what=name)
+        used = np.ones(len(part), bool)
+        for i, reason in failed.items():
+            used[i] = False
+            case = part["id"].iloc[i]
+            report.skipped.append(Skipped(labelled_as[case], case, part["path"].iloc[i], reason))
+        if not used.all():
+            rows[name] = np.flatnonzero(used)
+        kept.append(part[used])
     skipped = [s for s in report.skipped if s.split in splits or not s.split]
     if skipped:
-        listed = _save_skipped(skipped, cache_path(table, image_size or settings.image_size, cache_dir))
+        listed = _save_skipped(skipped, cache_dir / f"skipped-{fingerprint}-{'+'.join(splits)}.csv")
         if warn:
             log.warning("%s; the full list is in %s", report.summary_of(skipped), listed)
     report.check_share()
-    rows = np.flatnonzero(used)
     return DecodedData(
-        table=table[used].reset_index(drop=True),
+        table=pd.concat(kept, ignore_index=True),
         images=images,
         root=root,
         fingerprint=fingerprint,
-        rows=None if used.all() else rows,
+        rows=rows,
         skipped=skipped,
     )
 

@@ -365,7 +365,7 @@ def split_table(
     table.loc[mask, "split"] = table.loc[mask, "id"].map(assign).to_numpy()
     if split_file is not None:
         split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = split_file.with_suffix(".tmp")
+        tmp = split_file.with_name(f"{split_file.name}.{os.getpid()}.tmp")  # two machines may write it at once
         table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
         os.replace(tmp, split_file)
     return table

@@ -212,7 +212,10 @@ def measure(root: Path, out: Path, sizes: list[int]) -> None:
     data_gb = sum(p.stat().st_size for p in root.rglob("*.png")) / 1e9
     report: dict = {
         "data": {"dir": str(root), "images": n_files, "png_gb": round(data_gb, 1), "source_hw_px": list(RSNA_HW)},
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "git_commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "machine": machine(),
         "steps": {},
     }
@@ -257,8 +260,10 @@ def _markdown(report: dict) -> str:
         "# The data path at full RSNA scale",
         "",
         f"{d['images']} phantom radiographs of {d['source_hw_px'][0]}x{d['source_hw_px'][1]} px in the official "
-        f"layout ({d['png_gb']} GB of PNG, one in four 16-bit), on {m.get('cpu', '?')} with {m.get('cores')} cores. "
-        f"Command: `{report['command']}`.",
+        f"layout ({d['png_gb']} GB of PNG, one in four 16-bit), on {m.get('cpu', '?')} with {m.get('cores')} cores "
+        f"and {m.get('memory_gib')} GiB. Command: `{report['command']}` at commit {report.get('git_commit')}. Each "
+        "step is a fresh process; a cache build decodes with one thread per core. Peak RSS counts the pages of the "
+        "memory-mapped cache it writes (file pages the kernel can drop), so it grows with the cache.",
         "",
         "| step | wall | peak RSS | figures |",
         "|---|---|---|---|",
@@ -283,7 +288,7 @@ def _markdown(report: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for w in report["workers"]:
-            held = "copies (as before)" if w["copied"] else "views of the mapped cache"
+            held = "copies (as before)" if w["copied"] else "the mapped cache files"
             per = ", ".join(f"{x['rss_mb']} / {x['pss_mb']} / {x['private_mb']} MB" for x in w["per_worker"])
             lines.append(f"| {w['px']} | {w['workers']} | {held} | {w['worker'][0]['train_mb']} MB | {per} |")
     if report.get("step"):

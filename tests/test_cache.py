@@ -146,17 +146,22 @@ def test_unwritable_cache_dir_is_a_clear_error(kaggle_dir, tmp_path):
         build_cache(load_table(kaggle_dir), 32, blocker / "sub", quiet=True)
 
 
-def test_each_split_is_a_view_of_the_shared_cache_not_a_copy(official_dir, tmp_path):
+def test_each_split_is_its_own_shared_cache_file_not_a_copy(official_dir, tmp_path):
     """Every process maps the same cache file: a split that copied its rows would cost each of K workers
     the whole split in private memory (3.3 GB per worker at 512 px on RSNA)."""
     decoded = prepare(DataSettings(source=str(official_dir)), 32, cache_dir=tmp_path / "c")
-    assert decoded.images.flags.writeable  # copy-on-write: torch takes it without a copy or a warning
-    for names in (("train",), ("val",), ("test",), ("train", "val")):
-        split = decoded.split(*names)
-        assert np.shares_memory(split.images, decoded.images), names
-    images, _ = to_device(decoded.split("train", "val"), torch.device("cpu"))
-    base = decoded.images.ctypes.data
-    assert base <= images.data_ptr() < base + decoded.images.nbytes  # the tensor reads the mapped pages
+    assert len(list((tmp_path / "c").glob("images-*-32px.npy"))) == 3  # one file per split
+    for name in ("train", "val", "test"):
+        mapped = decoded.images[name]
+        assert isinstance(mapped, np.memmap) and mapped.flags.writeable  # copy-on-write: torch takes it as is
+        assert decoded.split(name).images is mapped
+    images, _ = to_device(decoded.split("train"), torch.device("cpu"))
+    base = decoded.images["train"].ctypes.data
+    assert images.data_ptr() == base  # the tensor reads the mapped pages
+    # the search asks for train and val only: the test split is neither decoded nor mapped
+    searched = prepare(DataSettings(source=str(official_dir)), 32, ("train", "val"), cache_dir=tmp_path / "c")
+    assert set(searched.images) == {"train", "val"}
+    assert searched.images["train"].filename == decoded.images["train"].filename  # the same file serves both
 
 
 def test_a_skipped_image_is_left_out_of_its_split(official_dir, tmp_path):
@@ -165,6 +170,8 @@ def test_a_skipped_image_is_left_out_of_its_split(official_dir, tmp_path):
     val = decoded.split("val")
     assert len(val) == 5 and "9002" not in set(val.ids) and (val.images.reshape(5, -1).max(axis=1) > 0).all()
     assert [(s.split, s.id) for s in decoded.skipped] == [("val", "9002")]
-    listed = pd.read_csv(next((tmp_path / "c").glob("*.skipped.csv")), dtype=str)
+    listed = pd.read_csv(next((tmp_path / "c").glob("skipped-*.csv")), dtype=str)
     assert listed[["split", "id"]].values.tolist() == [["val", "9002"]]
-    assert np.shares_memory(decoded.split("train").images, decoded.images)  # the other splits stay views
+    assert decoded.split("train").images is decoded.images["train"]  # the other splits stay the mapped files
+    both = decoded.split("val", "train")
+    assert len(both) == 15 and list(both.ids[:5]) == list(val.ids) and np.array_equal(both.images[:5], val.images)

@@ -142,8 +142,9 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkey
     assert not list(cache.glob("*.tmp.npy"))  # the killed build's temporary file is cleaned up
     import numpy as np
 
-    arr = np.load(next(cache.glob("images-*64px.npy")))
-    assert arr.shape == (250, 64, 64) and (arr.reshape(250, -1).max(axis=1) > 0).all()
+    arrays = [np.load(f) for f in cache.glob("images-*64px.npy")]  # train, val, test
+    assert len(arrays) == 3 and sum(len(a) for a in arrays) == 250
+    assert all((a.reshape(len(a), -1).max(axis=1) > 0).all() for a in arrays)
 
 
 @pytest.mark.parametrize(
@@ -472,18 +473,18 @@ def test_a_cache_directory_that_is_a_file_or_read_only_is_one_line(tmp_path, kag
 
 
 def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(tmp_path, tiny_disk, monkeypatch, capsys):
-    """1 MB of tmpfs; 20 images at 256 px need 1.3 MB. Without the check the build died of SIGBUS, with no
-    message, leaving its temporary file."""
+    """1 MB of tmpfs; the 14 training images of 20 at 320 px need 1.4 MB. Without the check the build died
+    of SIGBUS, with no message, leaving its temporary file."""
     root = make_kaggle(tmp_path / "rsna", n=20)
     monkeypatch.setenv("BONEAGE_CACHE_DIR", str(tiny_disk))
-    r = run_main("data", "cache", str(root), "--size", "256", cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "the cache needs 1.3 MB in", "MB are free", "BONEAGE_CACHE_DIR")
+    r = run_main("data", "cache", str(root), "--size", "320", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "the cache needs 1.4 MB in", "MB are free", "BONEAGE_CACHE_DIR")
     assert not list(tiny_disk.rglob("*.npy"))
     # the free-space figure can be stale (another process filling the disk): the blocks are reserved
     # before any is written, so that too is one line, not a bus error
     import boneage_core.cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "DISK_MARGIN_BYTES", -(2**40))
-    r = run_main("data", "cache", str(root), "--size", "256", cwd=tmp_path, capsys=capsys)
+    r = run_main("data", "cache", str(root), "--size", "320", cwd=tmp_path, capsys=capsys)
     assert_one_line_error(r, "cannot write the image cache in", "No space left on device")
     assert not list(tiny_disk.rglob("*.npy"))

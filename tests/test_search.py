@@ -457,7 +457,7 @@ def test_long_commands_show_progress_in_months_and_quiet_silences_them(tmp_path,
     assert "val MAE" in bars["baseline"] and "months" in bars["baseline"]
     assert "retrain best, seed 1/1 (34 images, 32 px): 100%" in bars["retrain"]
     assert "test MAE" in bars["retrain"] and "retrain seed recipe, seed 1/1" in bars["retrain"]
-    assert "decoding 32px cache: 100%" in bars["cache"]
+    assert "decoding train at 32 px: 100%" in bars["cache"]
     for r in shown.values():
         assert not any(line.lstrip().startswith("{") for line in (r.stdout + r.stderr).splitlines())
     quiet = main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
