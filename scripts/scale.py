@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -179,9 +180,10 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
 def _workers(root: Path, size: int, k: int, scratch: Path, env: dict, copy: bool = False, step: bool = False) -> dict:
     """K workers at once, measured from outside while all of them hold their data."""
     procs, readies = [], []
-    stop = scratch / f"stop-{size}-{k}-{copy}"
+    tag = uuid.uuid4().hex[:8]  # every call its own files: a stale one would pass for a ready worker
+    stop = scratch / f"stop-{tag}"
     for i in range(k):
-        ready = scratch / f"ready-{size}-{k}-{copy}-{i}"
+        ready = scratch / f"ready-{tag}-{i}"
         args = (str(root), size, str(ready), str(stop), copy, step and i == 0)
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import scale; scale.worker{args!r}"
         procs.append(subprocess.Popen([sys.executable, "-c", code], env=env))
@@ -198,7 +200,12 @@ def _workers(root: Path, size: int, k: int, scratch: Path, env: dict, copy: bool
     return {"px": size, "workers": k, "copied": copy, "per_worker": memory, "worker": info}
 
 
-def measure(root: Path, out: Path, sizes: list[int]) -> None:
+PARTS = ("check", "cache", "workers", "step")
+
+
+def measure(root: Path, out: Path, sizes: list[int], parts: tuple[str, ...] = PARTS) -> None:
+    """Every part into out/scale.json; with only some parts, those are measured again and replace theirs
+    in the existing file, which records the rerun's command and commit beside the first run's."""
     from benchmarks.report import machine
 
     if not (root / DONE_MARK).is_file():
@@ -219,6 +226,10 @@ def measure(root: Path, out: Path, sizes: list[int]) -> None:
         "machine": machine(),
         "steps": {},
     }
+    if parts != PARTS:
+        first = json.loads((out / "scale.json").read_text())
+        rerun = {k: report[k] for k in ("command", "git_commit")} | {"parts": list(parts)}
+        report = first | {"reruns": [*first.get("reruns", []), rerun]}
 
     def save() -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -232,23 +243,26 @@ def measure(root: Path, out: Path, sizes: list[int]) -> None:
         save()
         return r
 
-    step("data check", [*py, "data", "check", str(root)])
-    for size in sizes:
+    if "check" in parts:
+        step("data check", [*py, "data", "check", str(root)])
+    for size in sizes if "cache" in parts else ():
         r = step(f"cache build {size} px", [*py, "data", "cache", str(root), "--size", str(size)])
         caches = list((scratch / "cache").glob(f"images-*-{size}px.npy"))
         r["cache_gb"] = round(sum(c.stat().st_size for c in caches) / 1e9, 2)
         r["images_per_s"] = round(SPLIT_SIZES_TOTAL / r["wall_s"], 1)
         r["images_per_s_per_core"] = round(SPLIT_SIZES_TOTAL / r["wall_s"] / (os.cpu_count() or 1), 1)
         step(f"cache hit {size} px", [*py, "data", "cache", str(root), "--size", str(size)])
-    report["workers"] = []
-    for size in sizes:
+    if "workers" in parts:
+        report["workers"] = []
+    for size in sizes if "workers" in parts else ():
         for k, copy in ((1, False), (2, False), (2, True)):
             print(f"workers: {k} at {size} px{' (copies)' if copy else ''}", flush=True)
             report["workers"].append(_workers(root, size, k, scratch, env, copy=copy))
             save()
-    print(f"one training step at {min(sizes)} px", flush=True)
-    report["step"] = _workers(root, min(sizes), 1, scratch, env, step=True)
-    save()
+    if "step" in parts:
+        print(f"one training step at {min(sizes)} px", flush=True)
+        report["step"] = _workers(root, min(sizes), 1, scratch, env, step=True)
+        save()
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {out}/scale.json and scale.md")
 
@@ -282,7 +296,7 @@ def _markdown(report: dict) -> str:
             "",
             "What each training worker holds in RAM, measured from outside while all hold their data "
             "(Rss counts the shared cache pages in every process; Pss splits them among the processes; "
-            "private is what no other process shares):",
+            "private is what no other process shares, so a lone worker's mapped cache counts as private):",
             "",
             "| px | workers | splits held as | training split | per worker: Rss / Pss / private |",
             "|---|---|---|---|---|",
@@ -301,6 +315,8 @@ def _markdown(report: dict) -> str:
             f"GPU): {s['step_s']} s; that worker then held Rss {mem['rss_mb']} / Pss {mem['pss_mb']} / private "
             f"{mem['private_mb']} MB.",
         ]
+    for r in report.get("reruns", []):
+        lines += ["", f"Measured again ({', '.join(r['parts'])}): `{r['command']}` at commit {r['git_commit']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -314,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", type=Path)
     p.add_argument("--out", type=Path, default=REPO / "results" / "scale")
     p.add_argument("--sizes", type=int, nargs="+", default=[384, 512])
+    p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measure these parts again")
     args = parser.parse_args(argv)
     if args.command == "make":
         make(args.dir, args.workers)
     else:
-        measure(args.dir, args.out, args.sizes)
+        measure(args.dir, args.out, args.sizes, tuple(p for p in PARTS if p in args.only))
     return 0
 
 
