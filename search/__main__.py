@@ -157,14 +157,17 @@ def _tool_parsers(sub) -> None:
     data = sub.add_parser("data", help="make the phantom, check or cache a data directory")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     mk = data_sub.add_parser("make-phantom", help="write the embedded synthetic dataset in the Kaggle layout")
-    mk.add_argument("out")
+    mk.add_argument("out", help="a new or empty directory")
     mk.add_argument("--n", type=positive_int, default=1000, help="number of images (default 1000)")
     mk.add_argument("--seed", type=seed_int, default=0)
-    ck = data_sub.add_parser("check", help="what a data directory holds and whether it can be used")
+    ck = data_sub.add_parser(
+        "check",
+        help="what a data directory holds: every split, every image that cannot be used (exit 2: a broken download)",
+    )
     ck.add_argument("dir")
-    ca = data_sub.add_parser("cache", help="decode a data directory once into the image cache")
+    ca = data_sub.add_parser("cache", help="decode a data directory once into the image cache, a file per split")
     ca.add_argument("dir")
-    ca.add_argument("--size", type=positive_int, default=64, help="side of the cached images, pixels")
+    ca.add_argument("--size", type=positive_int, default=64, help="side of the cached images, 32 to 1024 px")
     ca.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val/test split")
 
 
