@@ -113,16 +113,20 @@ def main(argv: list[str]) -> None:
     rows_file = out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
     dates = {r.get("date") for r in rows}
+    report_file = out / "learnability.json"
+    earlier = json.loads(report_file.read_text())["command"] if report_file.is_file() else None  # rows without one
     for i in args.rows if args.rows is not None else range(len(ROWS)):
         if any(r["row"] == i for r in rows):
             continue
-        rows.append({**run_row(i), "date": datetime.date.today().isoformat()})
+        command = shlex.join(["python", "scripts/learnability.py", *argv])
+        rows.append({**run_row(i), "date": datetime.date.today().isoformat(), "command": command})
         dates.add(rows[-1]["date"])
         print(json.dumps(rows[-1]), flush=True)
         with open(rows_file, "a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
         report = {
-            "command": shlex.join(["python", "scripts/learnability.py", *argv]),
+            # every invocation that measured a row, in order: a rerun adds rows, it does not redo them
+            "command": "; ".join(dict.fromkeys(r.get("command", earlier) for r in rows)),
             "dates": ", ".join(sorted(d for d in dates if d)),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}",
@@ -131,7 +135,7 @@ def main(argv: list[str]) -> None:
             "strong_recipe": STRONG,
             "rows": rows,
         }
-        (out / "learnability.json").write_text(json.dumps(report, indent=2) + "\n")
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
         (out / "learnability.md").write_text(markdown(report))
 
 
