@@ -461,9 +461,11 @@ def test_a_cache_directory_that_is_a_file_or_read_only_is_one_line(tmp_path, kag
     assert_one_line_error(r, f"cache directory {blocker} is not writable", "BONEAGE_CACHE_DIR")
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:  # root ignores permission bits: only a read-only mount is read-only to it
-        pytest.skip("cannot mount a read-only tmpfs here")
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
     try:
         monkeypatch.setenv("BONEAGE_CACHE_DIR", str(read_only))
         r = run_main("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
