@@ -34,6 +34,7 @@ from boneage_core.config import SEED_RECIPE, TrainConfig  # noqa: E402
 from boneage_core.dataset import DataSettings, prepare  # noqa: E402
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
+from search.record import git_commit  # noqa: E402
 
 PHANTOM_N = 600  # the demo study's phantom
 SEED = {k: v for k, v in dataclasses.asdict(SEED_RECIPE).items() if k not in ("image_size", "device")}
@@ -119,7 +120,8 @@ def main(argv: list[str]) -> None:
         if any(r["row"] == i for r in rows):
             continue
         command = shlex.join(["python", "scripts/learnability.py", *argv])
-        rows.append({**run_row(i), "date": datetime.date.today().isoformat(), "command": command})
+        stamp = {"date": datetime.date.today().isoformat(), "command": command, "commit": git_commit(Path.cwd())}
+        rows.append({**run_row(i), **stamp})
         dates.add(rows[-1]["date"])
         print(json.dumps(rows[-1]), flush=True)
         with open(rows_file, "a") as f:

@@ -134,14 +134,14 @@ def _versions() -> dict[str, str | None]:
 
     return {
         "boneage_search": version("boneage-search"),
-        "git_commit": _git_commit(Path(__file__).resolve().parent.parent),
+        "git_commit": git_commit(Path(__file__).resolve().parent.parent),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "optuna": optuna.__version__,
     }
 
 
-def _git_commit(repo: Path) -> str | None:
+def git_commit(repo: Path) -> str | None:
     """The checkout's commit, with ' (local changes)' when tracked files differ from it; None outside git."""
 
     def git(*args: str) -> str:
