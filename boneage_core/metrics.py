@@ -179,3 +179,22 @@ def group_counts(true_months: np.ndarray, male: np.ndarray) -> dict[str, int]:
     for lo, hi in AGE_BRACKETS_MONTHS:
         out[f"{lo}_{hi}"] = int(((true >= lo) & (true < hi)).sum())
     return out
+
+
+def linear_correction(pred_months: np.ndarray, true_months: np.ndarray) -> dict[str, float]:
+    """Slope and intercept of true ~ pred by least squares, fitted on held-out (validation) predictions.
+
+    A regression net shrinks its predictions toward the training mean (young children read too old,
+    adolescents too young); corrected = slope * pred + intercept undoes the linear part of that, as
+    Deeplasia does. Fit it on predictions of images the model did not train on, never on the test set."""
+    pred, true = np.asarray(pred_months, np.float64), np.asarray(true_months, np.float64)
+    if pred.shape != true.shape or pred.ndim != 1 or len(pred) < 3:
+        raise ValueError(f"a linear correction needs 3 or more paired predictions, got {pred.shape} and {true.shape}")
+    if np.ptp(pred) == 0:
+        raise ValueError("a linear correction needs predictions that vary; these are all equal")
+    slope, intercept = np.polyfit(pred, true, 1)
+    return {"slope": float(slope), "intercept": float(intercept), "n": int(len(pred))}
+
+
+def apply_correction(pred_months: np.ndarray, correction: dict[str, float]) -> np.ndarray:
+    return correction["slope"] * np.asarray(pred_months, np.float64) + correction["intercept"]

@@ -116,6 +116,18 @@ def get_args_parser() -> Parser:
         help="seeds per recipe (default 3); the verdict needs 2 or more, since it resamples seeds",
     )
     rt.add_argument("--tta", action="store_true", help="also report test-time horizontal-flip averaging (both recipes)")
+    rt.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="also retrain the K best distinct configurations and score their average, the top-K ensemble (default 1)",
+    )
+    rt.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="also score the best (and the ensemble) with a linear correction fitted on the trials' val predictions",
+    )
     sub.add_parser(
         "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md and more"
     )

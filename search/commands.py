@@ -90,6 +90,8 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         quiet=args.quiet,
         argv=argv,
         url=url,
+        top_k=args.top_k,
+        bias_correction=args.bias_correction,
     )
     print("\n".join(retrain_lines(out)))
     print(f"written to results/{spec.name}/")

@@ -19,8 +19,25 @@ from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
 
-NAMES = {"best": "best", "baseline": "seed recipe"}
-COLOURS = {"best": "#0072B2", "baseline": "#E69F00", "trials": "#999999", "accent": "#56B4E9"}
+# Every recipe retrain can score, in the order every table and figure lists them, and its colour
+# (Okabe-Ito, safe for colour-blind readers): blue the best, orange the seed recipe.
+NAMES = {
+    "best": "best",
+    "best_corrected": "bias-corrected best",
+    "ensemble": "top-k ensemble",
+    "ensemble_corrected": "bias-corrected top-k ensemble",
+    "baseline": "seed recipe",
+}
+COLOURS = {
+    "best": "#0072B2",
+    "best_corrected": "#56B4E9",
+    "ensemble": "#009E73",
+    "ensemble_corrected": "#CC79A7",
+    "baseline": "#E69F00",
+    "trials": "#999999",
+    "accent": "#56B4E9",
+}
+CORNERS = ("top left", "top right", "bottom left", "bottom right", "top")
 BAND = "rgba(230, 159, 0, 0.25)"  # the seed recipe's orange, see-through
 GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
     ("mae_male_months", "male", "male"),
@@ -269,8 +286,8 @@ def _bland_altman_figure(preds: dict[str, np.ndarray], true: np.ndarray, which: 
                 line_dash=dash,
                 line_color=COLOURS[name],
                 annotation_text=f"{NAMES[name]} {text} {y:+.1f}",
-                annotation_position="top left" if name == "best" else "top right",
-            )  # labels never overlap
+                annotation_position=CORNERS[list(preds).index(name) % len(CORNERS)],
+            )  # each recipe's labels in a corner of its own
     return _style(
         fig,
         f"{FIGURES['bland_altman'][0]} (test, {which})",

@@ -21,6 +21,7 @@ from search.specs import StudySpec
 # trial is recorded as failed with its reason and the search goes on (five in a row stop it). A CUDA
 # error (an illegal access, a kernel launch failure: torch.AcceleratorError) in one worker fails that
 # trial, not every worker of the run.
+VAL_PREDICTIONS_ATTR = "val_pred_months"
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, torch.AcceleratorError, BoneAgeError)
 
 
@@ -35,7 +36,9 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
             trial.set_user_attr("config", cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-            metrics = fit(cfg, train, val, epoch_recorder(trial, start), memory_share=memory_share).metrics
+            result = fit(cfg, train, val, epoch_recorder(trial, start), memory_share=memory_share)
+            metrics, val_pred = result.metrics, result.pred_months
+            del result  # the model with it, before collect() frees its memory
         except BaseException as exc:  # failed, pruned or interrupted
             if isinstance(exc, TRIAL_FAILURES):  # the reason is stored with the trial, printed by the run loop
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -45,6 +48,8 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
             collect()  # the model went with fit's result: only the metrics are kept
         trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
         trial.set_user_attr("val_metrics", metrics)
+        # per val image, in the split's order: what retrain --bias-correction fits its line on
+        trial.set_user_attr(VAL_PREDICTIONS_ATTR, [round(float(p), 2) for p in val_pred])
         return metrics["mae_months"]
 
     return objective

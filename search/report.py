@@ -42,23 +42,64 @@ def _pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def verdict_sentence(d: dict[str, Any], what: str = "the best recipe") -> str:
-    """The paired comparison in one sentence whose words follow its CI."""
+def verdict_sentence(d: dict[str, Any], what: str = "the best recipe", against: str = "the seed recipe") -> str:
+    """The paired comparison (what minus against) in one sentence whose words follow its CI."""
     numbers = (
         f"{d['mae_diff_months']:+.2f} months (95% CI {d['ci_low']:+.2f} to {d['ci_high']:+.2f}; "
         f"not better in {100 * d['p_a_not_better']:.1f}% of resamples)"
     )
     v = d["verdict"]
     if v == "better":
-        return f"{what} is better than the seed recipe: {numbers}"
+        return f"{what} is better than {against}: {numbers}"
     if v == "worse":
-        return f"{what} is worse than the seed recipe: {numbers}"
+        return f"{what} is worse than {against}: {numbers}"
     if v == "undetermined":
         return (
-            f"{what} minus the seed recipe: {numbers}; no verdict with one seed per recipe, since the CI "
+            f"{what} minus {against}: {numbers}; no verdict with one seed per recipe, since the CI "
             "cannot see the seed-to-seed spread (retrain with --seeds 3)"
         )
-    return f"no significant difference between {what} and the seed recipe: {numbers}"
+    return f"no significant difference between {what} and {against}: {numbers}"
+
+
+def short_label(name: str, r: dict[str, Any]) -> str:
+    """'best', 'bias-corrected top-3 ensemble', 'seed recipe': a recipe of retrain's output r."""
+    return NAMES[name].replace("top-k", f"top-{r.get('top_k', 1)}")
+
+
+def recipe_label(name: str, r: dict[str, Any]) -> str:
+    """A recipe as tables name it: with the trial or trials it comes from."""
+    if name.startswith("best"):
+        return f"{short_label(name, r)} (trial {r['best_trial']})"
+    if name.startswith("ensemble"):
+        return f"{short_label(name, r)} (trials {', '.join(str(m['trial']) for m in r.get('members', []))})"
+    return short_label(name, r)
+
+
+def comparison_lines(r: dict[str, Any]) -> list[str]:
+    """Every paired comparison beyond the verdict (top-k ensemble, bias correction), a sentence each."""
+    lines = []
+    for key, d in r.get("comparisons", {}).items():
+        a, b = key.split("_minus_")
+        against = "the seed recipe" if b == "baseline" else f"the {short_label(b, r)}"
+        lines.append(_capital(verdict_sentence(d, f"the {short_label(a, r)}", against)))
+    return lines
+
+
+def correction_lines(r: dict[str, Any]) -> list[str]:
+    """Each bias correction's line, fitted on its trials' val predictions."""
+    lines = []
+    for name, c in r.get("bias_correction", {}).items():
+        lines.append(
+            f"bias correction of the {short_label(name, r)}: corrected = {c['slope']:.3f} x predicted "
+            f"{c['intercept']:+.2f} months, fitted on the val predictions of trial(s) "
+            f"{', '.join(map(str, c['trials']))} ({c['n']} images none of them trained on)"
+        )
+    return lines
+
+
+def format_params(params: dict[str, Any], sep: str = " = ") -> str:
+    """'lr = 0.00116, batch_size = 32': a trial's parameters, floats to 3 significant digits."""
+    return ", ".join(f"{k}{sep}{v:.3g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items())
 
 
 def _capital(text: str) -> str:
@@ -83,18 +124,21 @@ def val_comparison(best: float, seed_mae: list[float]) -> str:
     return f"{words}, {where}"
 
 
-def recipe_line(name: str, r: dict[str, Any], seeds: int) -> str:
+def recipe_line(name: str, out: dict[str, Any]) -> str:
+    r, seeds = out["recipes"][name], out["seeds"]
     m = r["mae"]
     spread = f", SD {m['sd']:.2f} over {seeds} seeds ({format_seeds(r['mae_per_seed'])})" if seeds > 1 else ""
     ci = "seeds and images" if seeds > 1 else "images only"
     return (
-        f"{NAMES[name]}: test MAE {m['mean']:.2f} months{spread}; 95% CI {m['ci_low']:.2f} to {m['ci_high']:.2f} ({ci})"
+        f"{recipe_label(name, out)}: test MAE {m['mean']:.2f} months{spread}; 95% CI {m['ci_low']:.2f} to "
+        f"{m['ci_high']:.2f} ({ci})"
     )
 
 
 def retrain_lines(out: dict[str, Any]) -> list[str]:
-    """What retrain prints: each recipe, the seed recipe as the seed evaluated it, the verdict."""
-    lines = [recipe_line(n, r, out["seeds"]) for n, r in out["recipes"].items()]
+    """What retrain prints: each recipe, the seed recipe as the seed evaluated it, the verdict, then the
+    ensemble's and the bias corrections' comparisons."""
+    lines = [recipe_line(n, out) for n in out["recipes"]]
     base = out["recipes"]["baseline"]
     if "without_bn_reestimation" in base:
         lines.append(
@@ -108,7 +152,7 @@ def retrain_lines(out: dict[str, Any]) -> list[str]:
     lines.append(_capital(verdict_sentence(out["best_minus_baseline"])) + f", on the same {out['n_test']} test images")
     if "best_minus_baseline_tta_flip" in out:
         lines.append("With flip TTA: " + verdict_sentence(out["best_minus_baseline_tta_flip"]))
-    return lines
+    return lines + [_capital(line) for line in correction_lines(out)] + comparison_lines(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,7 +171,7 @@ def status_text(study: optuna.Study) -> str:
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         best = study.best_trial
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        params = format_params(best.params, "=")
         lines.append(f"best: trial {best.number}, val MAE {best.value:.2f} months, one seed ({params})")
     else:
         lines.append("best: no completed trial yet")
@@ -140,6 +184,11 @@ def status_text(study: optuna.Study) -> str:
             f"{_pm(r['best']['mae']['mean'], r['best']['mae']['sd'])}, seed recipe "
             f"{_pm(r['baseline']['mae']['mean'], r['baseline']['mae']['sd'])} months; {verdict_sentence(d)}"
         )
+        for key, c in retrained.get("comparisons", {}).items():
+            a, b = key.split("_minus_")
+            if b == "baseline":  # each other final model against the seed recipe
+                what, mae = short_label(a, retrained), _pm(r[a]["mae"]["mean"], r[a]["mae"]["sd"])
+                lines.append(f"  {what}: {mae} months; {verdict_sentence(c, what)}")
     else:
         lines.append("final test: not run yet (python -m search retrain)")
     spent = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials)
@@ -357,9 +406,7 @@ def _val_section(s: dict[str, Any]) -> list[str]:
         lines += [f"| label noise floor (phantom: no model can expect less) | {s['noise_floor_val_mae_months']:.2f} |"]
     lines.append("")
     if "best" in s:
-        params = ", ".join(
-            f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in s["best"]["params"].items()
-        )
+        params = format_params(s["best"]["params"])
         lines += [f"Best parameters: {params}.", ""]
         if "vs_seed_recipe_val" in s["best"]:
             lines += [
@@ -396,7 +443,7 @@ def _recipe_rows(r: dict[str, Any]) -> list[str]:
     lines = []
     for name, e in r["recipes"].items():
         m, sd = e["metrics_mean"], e["metrics_sd"]
-        label = f"best (trial {r['best_trial']})" if name == "best" else NAMES[name]
+        label = recipe_label(name, r)
         lines.append(
             f"| {label} | {_pm(e['mae']['mean'], e['mae']['sd'])} | {e['mae']['ci_low']:.2f} to "
             f"{e['mae']['ci_high']:.2f} | {format_seeds(e['mae_per_seed'])} | "
@@ -443,10 +490,45 @@ def _comparison_notes(r: dict[str, Any]) -> list[str]:
             "project's protocol.",
             "",
         ]
+    lines += _ensemble_notes(r)
     if r.get("seed_recipe_modified"):
         lines += [f"**Modified seed recipe**: {describe_changes(r['seed_recipe_modified'])}.", ""]
     if r.get("overrides", {}).get("best"):
         lines += [f"Best recipe changed for this retrain: {describe_changes(r['overrides']['best'])}.", ""]
+    return lines
+
+
+def _ensemble_notes(r: dict[str, Any]) -> list[str]:
+    """The top-k ensemble's members, the bias corrections, and every comparison they bring."""
+    lines = []
+    if r.get("top_k", 1) > 1:
+        lines += [
+            f"The top-{r['top_k']} ensemble averages, for each seed k, the seed-k models of the {r['top_k']} best "
+            "distinct configurations of the search, each retrained like the best; its CIs resample its seeds "
+            "(sets of models) and the test images like any recipe's. Its members:",
+            "",
+            "| rank | trial | val MAE (months, one seed) | test MAE (months) | parameters |",
+            "|---|---|---|---|---|",
+        ]
+        for m in r.get("members", []):
+            params = format_params(m["params"])
+            lines.append(
+                f"| {m['rank']} | {m['trial']} | {m['val_mae_months']:.2f} | {_pm(m['mae']['mean'], m['mae']['sd'])} "
+                f"| {params} |"
+            )
+        lines.append("")
+    corrections = correction_lines(r)
+    if corrections:
+        lines += [
+            "Bias correction, a line fitted on held-out val predictions against the shrinkage of predictions "
+            "toward the mean age (as Deeplasia does); the test images play no part in it:",
+            "",
+            *[f"- {_capital(c)}." for c in corrections],
+            "",
+        ]
+    compared = comparison_lines(r)
+    if compared:
+        lines += ["Paired on the same images, each side's seeds resampled:", "", *[f"- {c}." for c in compared], ""]
     return lines
 
 
@@ -455,7 +537,7 @@ def _group_table(r: dict[str, Any]) -> list[str]:
     lines = [
         f"MAE by group (months, mean ± SD over {r['seeds']} seeds; n = test images in the group):",
         "",
-        "| group | n | " + " | ".join(NAMES[n] for n in names) + " |",
+        "| group | n | " + " | ".join(short_label(n, r) for n in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
     for metric, key, label in GROUPS:
@@ -512,7 +594,8 @@ def _provenance_section(s: dict[str, Any]) -> list[str]:
     if s.get("baseline"):
         times.append(f"seed recipe on val {s['baseline']['wall_time_s']:.0f} s")
     if "test" in s:
-        times += [f"retrain {NAMES[n]} {e['wall_time_s']:.0f} s" for n, e in s["test"]["recipes"].items()]
+        for n, e in s["test"]["recipes"].items():
+            times += [f"retrain {short_label(n, s['test'])} {e['wall_time_s']:.0f} s"] if "wall_time_s" in e else []
     return lines + ["Wall times: " + ", ".join(times) + ".", ""]
 
 

@@ -29,8 +29,10 @@ from boneage_core import BoneAgeError
 from boneage_core.config import RUNTIME_FIELDS, TrainConfig, make_config
 from boneage_core.dataset import Split, SplitsBySize
 from boneage_core.metrics import (
+    apply_correction,
     bootstrap_ci,
     group_counts,
+    linear_correction,
     paired_mae_difference,
     paired_seed_aware_difference,
     regression_metrics,
@@ -40,6 +42,7 @@ from boneage_core.metrics import (
 )
 from boneage_core.train import FitResult, fit, predict_months
 from search.files import finite, write_atomic, write_json
+from search.objective import VAL_PREDICTIONS_ATTR
 from search.record import (
     check_settings,
     config_changes,
@@ -55,6 +58,34 @@ from search.specs import StudySpec
 from search.study import attach_files, name_the_metric
 
 RECIPES = ("best", "baseline")  # the tuned recipe and the seed recipe, in every file and table
+# Comparisons beyond best minus seed recipe (the verdict), each (a, b) for a minus b, where both exist:
+# the final models against the seed recipe, the ensemble against its best member, each bias correction
+# against the same models uncorrected (before and after).
+COMPARED = (
+    ("ensemble", "baseline"),
+    ("ensemble_corrected", "baseline"),
+    ("best_corrected", "baseline"),
+    ("ensemble", "best"),
+    ("best_corrected", "best"),
+    ("ensemble_corrected", "ensemble"),
+)
+
+
+@dataclasses.dataclass
+class Member:
+    """One of the top-k configurations: its rank, trial, val MAE, params and the config retrain trains."""
+
+    rank: int  # 1 is the best trial
+    trial: int
+    val_mae_months: float
+    params: dict[str, Any]
+    config: TrainConfig
+    val_pred_months: list[float] | None  # the trial's own val predictions (None in studies from before them)
+
+    @property
+    def name(self) -> str:
+        """Its name in files: 'best' for the best trial, as ever, then 'top2', 'top3', ..."""
+        return "best" if self.rank == 1 else f"top{self.rank}"
 
 
 @dataclasses.dataclass
@@ -65,6 +96,7 @@ class Recipes:
     best_trial: int
     overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from --set
     seed_recipe_modified: dict[str, list[Any]]  # every change to the seed recipe as the study file defines it
+    members: list[Member] = dataclasses.field(default_factory=list)  # top-k, best first
 
 
 def stored_space(study: optuna.Study, spec: StudySpec) -> dict[str, ParamSpec]:
@@ -74,35 +106,63 @@ def stored_space(study: optuna.Study, spec: StudySpec) -> dict[str, ParamSpec]:
     return {k: ParamSpec(**{**v, "choices": tuple(v.get("choices", ()))}) for k, v in stored.items()}
 
 
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The k best completed trials with distinct parameters, best first (the study's best trial leads;
+    a configuration drawn twice counts once, by its better value)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `python -m search run` first")
+    best = study.best_trial
+    ranked = [best] + sorted((t for t in done if t.number != best.number), key=lambda t: (t.value, t.number))
+    distinct: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in ranked:
+        distinct.setdefault(json.dumps(t.params, sort_keys=True), t)
+    if len(distinct) < k:
+        raise BoneAgeError(
+            f"--top-k {k}: study '{study.study_name}' has {len(distinct)} completed trial(s) with distinct "
+            f"parameters; ask for {len(distinct)} or fewer, or run more trials"
+        )
+    return list(distinct.values())[:k]
+
+
+def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec, space: dict[str, ParamSpec]) -> TrainConfig:
+    """A trial's config rebuilt from what it recorded, through suggest_config on a FixedTrial of its params."""
+    recorded = trial.user_attrs.get("config")
+    return config_from_params(trial.params, make_config(recorded) if recorded else spec.train, space)
+
+
 def recipes(
     study: optuna.Study,
     spec: StudySpec,
     train_overrides: dict[str, Any],
     baseline_overrides: dict[str, Any] | None = None,
+    top_k: int = 1,
 ) -> Recipes:
     """The best trial rebuilt from the config that trial itself recorded (through suggest_config on a
-    FixedTrial of its params, so search and retrain read parameters alike), and the seed recipe the
-    study recorded at its creation. --set train.* changes the best recipe only and --set baseline.* the
-    seed recipe only; runtime fields (device) apply to both. spec is the study file without those --set
-    values. Every change is returned, to be recorded and shown."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not done:
-        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `python -m search run` first")
-    best_trial = study.best_trial
-    recorded = best_trial.user_attrs.get("config")
-    base = make_config(recorded) if recorded else spec.train
-    best = config_from_params(best_trial.params, base, stored_space(study, spec))
+    FixedTrial of its params, so search and retrain read parameters alike), the next top_k - 1 distinct
+    configurations alike, and the seed recipe the study recorded at its creation. --set train.* changes
+    the tuned recipes (the best and the ensemble's members) only and --set baseline.* the seed recipe
+    only; runtime fields (device) apply to all. spec is the study file without those --set values.
+    Every change is returned, to be recorded and shown."""
+    space = stored_space(study, spec)
+    trials = top_trials(study, top_k)
+    members = []
+    for rank, t in enumerate(trials, start=1):
+        cfg = make_config(train_overrides, _trial_config(t, spec, space))
+        val_pred = t.user_attrs.get(VAL_PREDICTIONS_ATTR)
+        members.append(Member(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
+    best = _trial_config(trials[0], spec, space)
     runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}
-    best_used = make_config(train_overrides, best)
     recorded_seed = study.user_attrs.get("settings", {}).get("baseline")
     seed_base = make_config({**recorded_seed, "device": spec.baseline.device}) if recorded_seed else spec.baseline
     seed_used = make_config({**runtime, **(baseline_overrides or {})}, seed_base)
     return Recipes(
-        configs={"best": best_used, "baseline": seed_used},
-        best_trial=best_trial.number,
-        overrides={"best": config_changes(best, best_used), "baseline": config_changes(seed_base, seed_used)},
+        configs={"best": members[0].config, "baseline": seed_used},
+        best_trial=trials[0].number,
+        overrides={"best": config_changes(best, members[0].config), "baseline": config_changes(seed_base, seed_used)},
         # against the study file's [baseline]: changes made when the study was created and here
         seed_recipe_modified=config_changes(spec.baseline, seed_used),
+        members=members,
     )
 
 
@@ -143,14 +203,16 @@ def recipe_statistics(preds: np.ndarray, test: Split) -> dict[str, Any]:
     }
 
 
-def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool):
+def _train_seeds(
+    name: str, label: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool
+):
     """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
     flip TTA, and (for the seed recipe) without batch-norm re-estimation."""
     trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
     preds, tta_preds, raw_preds = [], [], []
     for k in range(seeds):
         c = dataclasses.replace(cfg, seed=cfg.seed + k)
-        shown = f"retrain {NAMES[name]}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
+        shown = f"retrain {label}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
         key = checkpoint_key(c, data.fingerprint(), trainval, test)
         r: FitResult = fit(
             c,
@@ -170,6 +232,90 @@ def _train_seeds(name: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ck
     return np.array(preds), np.array(tta_preds), np.array(raw_preds)
 
 
+def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Slope and intercept for the best recipe and (with top-k) the ensemble, each fitted on the val
+    predictions its trials made when they were searched: images those models never trained on. A
+    BoneAgeError, before anything trains, where the study lacks them or --set changed the recipe."""
+    if plan.overrides["best"]:
+        raise BoneAgeError(
+            "--bias-correction fits its line on the trials' own val predictions, which a --set train.* change "
+            "of what the recipe learns makes stale; drop one or the other"
+        )
+    for m in plan.members:
+        if m.val_pred_months is None or len(m.val_pred_months) != len(val_months):
+            raise BoneAgeError(
+                f"--bias-correction: trial {m.trial} has no val predictions recorded (studies searched before "
+                "they were recorded lack them); search a new study, or retrain without --bias-correction"
+            )
+    best = np.array(plan.members[0].val_pred_months)
+    out = {"best": {**linear_correction(best, val_months), "trials": [plan.best_trial]}}
+    if len(plan.members) > 1:
+        ensemble = np.mean([m.val_pred_months for m in plan.members], axis=0)
+        out["ensemble"] = {**linear_correction(ensemble, val_months), "trials": [m.trial for m in plan.members]}
+    return out
+
+
+def _tuned_models(
+    plan: Recipes, seeds: int, data: SplitsBySize, ckpt_dir: Path, out_dir: Path, tta: bool, quiet: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Each top-k member trained (the best first; with top_k 1 only the best), its predictions written;
+    the members' entries for retrain.json (trial, val MAE, params, test MAE, wall time)."""
+    test = data.split(plan.configs["best"].image_size, "test")
+    preds, tta_preds, members = {}, {}, []
+    for m in plan.members:
+        start = time.perf_counter()
+        label = NAMES["best"] if m.rank == 1 else f"top-{m.rank} trial {m.trial}"
+        preds[m.name], tta_preds[m.name], _ = _train_seeds(m.name, label, m.config, seeds, data, ckpt_dir, tta, quiet)
+        for k, p in enumerate(preds[m.name]):
+            _write_predictions(out_dir / f"predictions_{m.name}_seed{k}.csv", test, p)
+        members.append(
+            {
+                "rank": m.rank,
+                "trial": m.trial,
+                "val_mae_months": m.val_mae_months,
+                "params": m.params,
+                "config": m.config.to_dict(),
+                "mae": seed_aware_mae(preds[m.name], test.age_months),
+                "mae_per_seed": np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
+                "wall_time_s": round(time.perf_counter() - start, 1),
+            }
+        )
+    return preds, tta_preds, members
+
+
+def _derived(
+    preds: dict[str, np.ndarray], tta_preds: dict[str, np.ndarray], plan: Recipes, corrections: dict[str, Any]
+) -> None:
+    """The final models built from trained ones, added in place: the top-k ensemble (for each seed k,
+    the average of every member's seed-k model) and each bias-corrected model."""
+    names = [m.name for m in plan.members]
+    if len(names) > 1:
+        preds["ensemble"] = np.mean([preds[n] for n in names], axis=0)
+        if all(len(tta_preds[n]) for n in names):
+            tta_preds["ensemble"] = np.mean([tta_preds[n] for n in names], axis=0)
+    for name, line in corrections.items():
+        preds[f"{name}_corrected"] = apply_correction(preds[name], line)
+        if len(tta_preds.get(name, [])):
+            tta_preds[f"{name}_corrected"] = apply_correction(tta_preds[name], line)
+
+
+def _entry(name: str, plan: Recipes, preds, tta_preds, test: Split, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """One recipe's row of retrain.json: what it is (a config, or the trials it averages), its test
+    statistics, flip TTA where run, and the training time it took."""
+    if name in ("best", "baseline"):
+        what: dict[str, Any] = {"config": plan.configs[name].to_dict()}
+    else:
+        what = {"trials": [m["trial"] for m in members] if name.startswith("ensemble") else [plan.best_trial]}
+    entry = {**what, **recipe_statistics(preds[name], test)}
+    if len(tta_preds.get(name, [])):
+        entry["tta_flip"] = {"mae": seed_aware_mae(tta_preds[name], test.age_months)}
+    if name == "best":
+        entry["wall_time_s"] = members[0]["wall_time_s"]
+    elif name == "ensemble":  # every member's training, the best's included
+        entry["wall_time_s"] = round(sum(m["wall_time_s"] for m in members), 1)
+    return entry
+
+
 def retrain(
     spec: StudySpec,
     study: optuna.Study,
@@ -182,15 +328,21 @@ def retrain(
     quiet: bool = False,
     argv: list[str] | None = None,
     url: str | None = None,
+    top_k: int = 1,
+    bias_correction: bool = False,
 ) -> dict[str, Any]:
-    """Both recipes, K seeds each, on the study's data, which must match the study's settings (the seed
-    recipe is the study's own, changed only by baseline_overrides). The command (argv) is recorded in
+    """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
+    seed recipe, K seeds each, on the study's data, which must match the study's settings (the seed
+    recipe is the study's own, changed only by baseline_overrides). bias_correction adds each tuned
+    model corrected by a line fitted on its trials' val predictions. The command (argv) is recorded in
     the study before training; the outcome goes to results/<study>/retrain.json and, in short, to the
     study's 'retrain' attr (what status shows) and its note in optuna-dashboard. With the study's url,
     retrain.json and the prediction files are attached to the study as artifacts."""
     data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
     check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
-    plan = recipes(study, spec, train_overrides or {}, baseline_overrides)
+    plan = recipes(study, spec, train_overrides or {}, baseline_overrides, top_k)
+    val_months = data.split(spec.train.image_size, "val").age_months
+    corrections = bias_corrections(plan, val_months) if bias_correction else {}
     command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
     record_command(study, command)
     record_skipped(study, data.skipped())
@@ -203,6 +355,7 @@ def retrain(
         "n_test": len(test),
         "seeds": seeds,
         "tta": tta,
+        "top_k": len(plan.members),
         "overrides": plan.overrides,
         "seed_recipe_modified": plan.seed_recipe_modified,
         "group_n": group_counts(test.age_months, test.male),
@@ -210,20 +363,28 @@ def retrain(
         "command": command,
         "recipes": {},
     }
-    preds, tta_preds = {}, {}
-    for name in RECIPES:
-        cfg, start = plan.configs[name], time.perf_counter()
-        preds[name], tta_preds[name], raw = _train_seeds(name, cfg, seeds, data, ckpt_dir, tta, quiet)
-        for k, p in enumerate(preds[name]):
-            _write_predictions(out_dir / f"predictions_{name}_seed{k}.csv", test, p)
-        entry = {"config": cfg.to_dict(), **recipe_statistics(preds[name], test)}
-        if tta:
-            entry["tta_flip"] = {"mae": seed_aware_mae(tta_preds[name], test.age_months)}
-        if len(raw):  # the seed recipe evaluated exactly as the seed project did
-            entry["without_bn_reestimation"] = {"mae": seed_aware_mae(raw, test.age_months)}
-        entry["wall_time_s"] = round(time.perf_counter() - start, 1)
-        summary["recipes"][name] = entry
+    preds, tta_preds, summary["members"] = _tuned_models(plan, seeds, data, ckpt_dir, out_dir, tta, quiet)
+    start = time.perf_counter()
+    preds["baseline"], tta_preds["baseline"], raw = _train_seeds(
+        "baseline", NAMES["baseline"], plan.configs["baseline"], seeds, data, ckpt_dir, tta, quiet
+    )
+    seed_wall = round(time.perf_counter() - start, 1)
+    _derived(preds, tta_preds, plan, corrections)
+    if corrections:
+        summary["bias_correction"] = corrections
+    members = {m.name for m in plan.members}
+    for name in (n for n in NAMES if n in preds):  # best, its correction, the ensemble, its correction, seed
+        if name not in members:  # the members' files are written as they finish
+            for k, p in enumerate(preds[name]):
+                _write_predictions(out_dir / f"predictions_{name}_seed{k}.csv", test, p)
+        summary["recipes"][name] = _entry(name, plan, preds, tta_preds, test, summary["members"])
+    summary["recipes"]["baseline"]["wall_time_s"] = seed_wall
+    if len(raw):  # the seed recipe evaluated exactly as the seed project did
+        summary["recipes"]["baseline"]["without_bn_reestimation"] = {"mae": seed_aware_mae(raw, test.age_months)}
     summary["best_minus_baseline"] = comparison(preds["best"], preds["baseline"], test)
+    summary["comparisons"] = {
+        f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
+    }
     if tta:
         summary["best_minus_baseline_tta_flip"] = comparison(tta_preds["best"], tta_preds["baseline"], test)
     summary = finite(summary)
@@ -235,7 +396,7 @@ def _record(study: optuna.Study, summary: dict[str, Any], out_dir: Path, url: st
     """retrain.json; in the study, the outcome in short (what status shows), the dashboard note and,
     with the study's url, retrain.json and the predictions as artifacts."""
     write_json(out_dir / "retrain.json", summary)
-    short = {n: {"mae": r["mae"], "config": r["config"]} for n, r in summary["recipes"].items()}
+    short = {n: {k: r[k] for k in ("mae", "config", "trials") if k in r} for n, r in summary["recipes"].items()}
     study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
     name_the_metric(study)
     save_study_note(study, summary)

@@ -16,14 +16,18 @@ from html.parser import HTMLParser
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 
-from boneage_core.metrics import bootstrap_ci, paired_mae_difference
+from boneage_core import BoneAgeError
+from boneage_core.config import DataSettings, TrainConfig
+from boneage_core.dataset import prepare
+from boneage_core.metrics import apply_correction, bootstrap_ci, linear_correction, paired_mae_difference, verdict
 from search.figures import FIGURES
-from search.retrain import recipes
+from search.retrain import Member, Recipes, bias_corrections, recipes
 from search.specs import load_spec
-from tests.conftest import REPO, assert_one_line_error, main_ok, run_main
+from tests.conftest import REPO, assert_one_line_error, load, main_ok, run_main
 
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_images():
@@ -251,3 +255,88 @@ def test_the_report_page_shows_the_studys_numbers_and_draws_every_figure_offline
     assert f"{s.best_value:.2f}" in cells and f"{base['val_mae_months']:.2f} ± {base['val_mae_sd']:.2f}" in cells
     assert any(c.startswith(f"{out['recipes']['best']['mae']['mean']:.2f} ± ") for c in cells)
     assert "<strong>Verdict</strong>" in dom
+
+
+def test_linear_correction_undoes_shrinkage_toward_the_mean():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(10, 220, 200)
+    shrunk = 127 + 0.8 * (true - 127) + rng.normal(0, 2, 200)  # young read too old, old too young
+    line = linear_correction(shrunk, true)
+    assert line["slope"] == pytest.approx(1.25, abs=0.03) and line["intercept"] == pytest.approx(-31.75, abs=4)
+    corrected = apply_correction(shrunk, line)
+    assert np.abs(corrected - true).mean() < np.abs(shrunk - true).mean() / 3
+    with pytest.raises(ValueError, match="vary"):
+        linear_correction(np.full(5, 100.0), true[:5])
+
+
+def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_src, capsys):
+    """The K best distinct configurations each retrained, their per-seed average scored as a recipe with
+    seed-aware CIs; each tuned model corrected by a line fitted on its trials' own val predictions; the
+    report sets them beside the best and the seed recipe; a rerun reuses every checkpoint."""
+    main_ok("run", "--study", str(study), "--trials", "4", "--quiet", cwd=tmp_path, capsys=capsys)
+    s = load(tmp_path)
+    argv = ("retrain", "--study", str(study), "--top-k", "2", "--bias-correction", "--seeds", "2", "--quiet")
+    r = main_ok(*argv, cwd=tmp_path, capsys=capsys)
+    res = tmp_path / "results" / "tiny"
+    out = json.loads((res / "retrain.json").read_text())
+
+    done = sorted((t for t in s.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert [m["trial"] for m in out["members"]] == [t.number for t in done[:2]]  # the two best, best first
+    assert out["members"][0]["params"] != out["members"][1]["params"] and out["top_k"] == 2
+    assert list(out["recipes"]) == ["best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"]
+
+    def preds(name):
+        return np.array([pd.read_csv(res / f"predictions_{name}_seed{k}.csv").pred_months for k in range(2)])
+
+    ensemble = (preds("best") + preds("top2")) / 2  # per seed k: the average of the members' seed-k models
+    assert np.allclose(preds("ensemble"), ensemble, atol=2e-3)
+    val = prepare(DataSettings(source=str(phantom_src), image_size=32, phantom_n=40), splits=("val",)).split("val")
+    trial_val = np.mean([t.user_attrs["val_pred_months"] for t in done[:2]], axis=0)
+    line = out["bias_correction"]["ensemble"]
+    slope, intercept = np.polyfit(trial_val, val.age_months, 1)  # fitted on val, never on test
+    assert line["slope"] == pytest.approx(slope, rel=1e-6) and line["intercept"] == pytest.approx(intercept, rel=1e-6)
+    assert np.allclose(preds("ensemble_corrected"), slope * preds("ensemble") + intercept, atol=0.05)
+    for name, e in out["recipes"].items():
+        assert e["mae"]["ci_low"] <= e["mae"]["mean"] <= e["mae"]["ci_high"], name
+        assert e["mae"]["seeds"] == 2
+    for key, d in out["comparisons"].items():
+        assert d["verdict"] == verdict(d) and d["seeds_a"] == d["seeds_b"] == 2, key
+    assert {"ensemble_minus_baseline", "ensemble_minus_best", "ensemble_corrected_minus_ensemble"} <= set(
+        out["comparisons"]
+    )
+    assert "top-2 ensemble (trials" in r.stdout and "bias-corrected top-2 ensemble" in r.stdout
+
+    main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    md = (res / "summary.md").read_text()
+    assert f"| top-2 ensemble (trials {done[0].number}, {done[1].number}) |" in md
+    assert "| rank | trial |" in md and "Bias correction" in md
+    assert "top-2 ensemble" in main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
+
+    ckpts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")}
+    assert len(ckpts) == 6  # best, top2 and the seed recipe, two seeds each
+    main_ok("retrain", "--study", str(study), "--top-k", "2", "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")} == ckpts
+    again = json.loads((res / "retrain.json").read_text())
+    assert list(again["recipes"]) == ["best", "ensemble", "baseline"]  # no correction asked for this time
+    assert not list(res.glob("predictions_*corrected_seed*.csv"))  # nor left from the last retrain
+
+
+def test_top_k_beyond_the_distinct_configurations_and_stale_corrections_are_one_line(tmp_path, study, capsys):
+    main_ok("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path, capsys=capsys)
+    n = len({json.dumps(t.params) for t in load(tmp_path).trials if t.state.name == "COMPLETE"})
+    r = run_main("retrain", "--study", str(study), "--top-k", "9", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "--top-k 9", "distinct", f"{n} or fewer")
+    stale = ("--bias-correction", "--set", "train.epochs=1", "--quiet")
+    r = run_main("retrain", "--study", str(study), *stale, cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "--bias-correction", "--set train.")
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything trained
+
+
+def test_bias_correction_needs_the_trials_val_predictions():
+    cfg = TrainConfig()
+    member = Member(rank=1, trial=3, val_mae_months=9.0, params={}, config=cfg, val_pred_months=None)
+    plan = Recipes({"best": cfg, "baseline": cfg}, 3, {"best": {}, "baseline": {}}, {}, [member])
+    with pytest.raises(BoneAgeError, match="trial 3 has no val predictions"):
+        bias_corrections(plan, np.arange(5.0))
+    plan.members[0].val_pred_months = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert bias_corrections(plan, np.arange(5.0) * 2)["best"]["slope"] == pytest.approx(2.0)
