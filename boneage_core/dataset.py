@@ -20,7 +20,7 @@ import pandas as pd
 from boneage_core.cache import build_cache, default_cache_dir
 from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
-from boneage_core.phantom import TRAIN_CSV, write_phantom
+from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
 from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table, split_table
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class DecodedData:
 
 
 def phantom_dir(n: int, seed: int, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / f"phantom-n{n}-s{seed}"
+    """Where the phantom of n images and this seed is written once; a new phantom version is a new folder."""
+    return (cache_dir or default_cache_dir()) / f"phantom-v{PHANTOM_VERSION}-n{n}-s{seed}"
 
 
 def resolve_source(settings: DataSettings, cache_dir: Path | None = None, quiet: bool = True) -> Path:

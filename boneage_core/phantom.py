@@ -2,12 +2,13 @@
 
 Each image is a function of (seed, index) alone. Bone age drives the anatomy the way the
 Greulich-Pyle atlas describes it: carpal ossification centres appear on schedule and grow, phalangeal
-epiphyses appear, widen to cap the shaft and then fuse, bones lengthen and mineralise, and the hand
-grows. Girls mature earlier, so for one bone age a girl's hand shows a later stage than a boy's;
-knowing sex helps. Nuisances vary per image: pose, field of view, exposure, noise, a side marker,
-inverted polarity and file format (8-bit, 16-bit, RGB). Labels carry Gaussian rater noise of
-LABEL_NOISE_SD_MONTHS, so no model can beat an expected MAE of about 0.8 x SD on them.
-"""
+epiphyses appear, widen to cap the shaft, growth plates close, bones lengthen and mineralise. Girls
+mature earlier, so for one bone age a girl's hand shows a later stage than a boy's; knowing sex helps.
+The image is framed as after a crop to the hand (the hand fills it at any age) and the age-carrying
+anatomy is drawn larger than life, so that it is visible at the 48 px a CPU can search (see
+PHANTOM_VERSION). Nuisances vary per image: pose, the crop's zoom and centre, exposure, noise, a side
+marker, inverted polarity and file format (8-bit, 16-bit, RGB). Labels carry Gaussian rater noise of
+LABEL_NOISE_SD_MONTHS, so no model can beat an expected MAE of about 0.8 x SD on them."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 LABEL_NOISE_SD_MONTHS = 6.0
 NOISE_FLOOR_MAE_MONTHS = LABEL_NOISE_SD_MONTHS * math.sqrt(2.0 / math.pi)  # E|N(0, sd)| = 0.798 sd
-CANVAS_HW = (320, 256)  # portrait, like the RSNA scans; large enough for the wrist detail
+CANVAS_HW = (320, 256)  # portrait, like the RSNA scans
 TRAIN_CSV = "boneage-training-dataset.csv"
 TRAIN_DIR = "boneage-training-dataset"
 
@@ -64,14 +65,28 @@ def sample_subject(rng: np.random.Generator) -> tuple[float, bool]:
     return age, male
 
 
+# Version 2 frames and draws the hand the way a bone-age model needs to see it at the embedded default's
+# 48 px. Version 1 drew life-size anatomy on a fixed field of view, so a young child's hand filled half
+# the frame and the features that separate nearby ages (carpal centres, epiphyses, growth plates) were a
+# pixel or less wide at 48 to 128 px: a strong recipe plateaued at 1.8 times the noise floor at every
+# size a CPU trains (results/learnability). Real pipelines crop to the hand and read ossification at
+# 256 to 512 px; this miniature crops to the hand and draws the age-carrying anatomy larger instead.
+PHANTOM_VERSION = 2
+FRAME_ZOOM = 1.12  # wrist to fingertips fill the frame at any age, as after a crop to the hand
+AGE_FEATURE_SCALE = 2.5  # carpal centres, epiphyses and growth plates, this much larger than life-size
+SHAFT_SCALE = 1.4  # bone shafts thicker, so a growth plate across one spans pixels at 48 px
+CARPAL_SPREAD = 1.2  # the carpus spread about its centre, making room for the larger centres
+CARPUS_CENTRE = (0.52, 0.71)
+
+
 class _Canvas:
     """Pixel grid mapped into hand coordinates by one similarity transform (the pose)."""
 
-    def __init__(self, rng: np.random.Generator, hand_scale: float):
+    def __init__(self, rng: np.random.Generator, zoom: float, centre: tuple[float, float]):
         h, w = CANVAS_HW
         angle = rng.normal(0.0, 0.12)
-        zoom = hand_scale * rng.uniform(0.96, 1.04)
-        cx, cy = 0.5 + rng.normal(0, 0.03), 0.56 + rng.normal(0, 0.03)
+        zoom = zoom * rng.uniform(0.95, 1.05)  # a crop is never exact
+        cx, cy = centre[0] + rng.normal(0, 0.02), centre[1] + rng.normal(0, 0.02)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         # pixel -> canvas units (height = 1), centred, then undo rotation and zoom
         px, py = (xs - w / 2) / h, (ys - h / 2) / h
@@ -94,54 +109,70 @@ class _Canvas:
         return np.clip((1.0 - d) / edge + 0.5, 0.0, 1.0)
 
 
-def render_hand(age_months: float, male: bool, rng: np.random.Generator) -> np.ndarray:
-    """One radiograph as float32 in [0, 1] (bright bone on a dark background), before file nuisances."""
-    stage = maturity_stage(age_months, male)
-    growth = min(stage / 216.0, 1.0) ** 0.8  # the hand grows until the late teens
-    canvas = _Canvas(rng, hand_scale=0.55 + 0.5 * growth * (1.04 if male else 1.0))
-    density = 0.25 + 0.50 * min(stage / 216.0, 1.0)  # mineralisation: bone brightens with age
-    soft = np.zeros(canvas.u.shape, np.float32)
-    bone = np.zeros_like(soft)
-
-    # forearm and palm soft tissue
-    soft = np.maximum(soft, canvas.capsule((0.50, 1.3), (0.50, 0.72), 0.17))
-    soft = np.maximum(soft, canvas.ellipse((0.50, 0.56), 0.19, 0.17))
-    # radius and ulna; their distal epiphyses appear around 12 and 80 months and fuse at ~200
+def _forearm(canvas: _Canvas, stage: float) -> np.ndarray:
+    """Radius and ulna; their distal epiphyses appear around 12 and 80 months, fuse by about 210."""
+    f, bone = AGE_FEATURE_SCALE, np.zeros(canvas.u.shape, np.float32)
     for x, r, onset in ((0.43, 0.045, 12.0), (0.60, 0.034, 80.0)):
-        bone = np.maximum(bone, canvas.capsule((x, 1.3), (x, 0.84), r))
+        gap = 0.012 * f * (1.0 - np.clip((stage - 170.0) / 40.0, 0, 1))
+        bone = np.maximum(bone, canvas.capsule((x, 1.3), (x, 0.86 + 0.012 * f), r))
         grow = np.clip((stage - onset) / 60.0, 0, 1)
         if grow > 0:
-            gap = 0.012 * (1.0 - np.clip((stage - 170.0) / 40.0, 0, 1))
-            bone = np.maximum(bone, grow * canvas.ellipse((x, 0.81 - gap), r * (0.5 + 0.5 * grow), 0.014))
+            bone = np.maximum(bone, grow * canvas.ellipse((x, 0.86 - gap), r * (0.5 + 0.5 * grow), 0.009 * f))
+    return bone
 
-    # carpal ossification centres: absent before onset, then grow to full size over ~6 years
+
+def _carpus(canvas: _Canvas, stage: float) -> np.ndarray:
+    """Carpal ossification centres: absent before onset, then growing to full size over about 6 years."""
+    bone = np.zeros(canvas.u.shape, np.float32)
     for (cx, cy), onset in zip(CARPAL_CENTRES, CARPAL_ONSET_MONTHS, strict=True):
         size = np.clip((stage - onset) / 72.0, 0, 1) ** 0.6
         if size > 0:
-            r = 0.006 + 0.016 * size
-            bone = np.maximum(bone, canvas.ellipse((cx, cy), r * 1.1, r))
+            r = (0.006 + 0.016 * size) * AGE_FEATURE_SCALE * 0.8
+            x = CARPUS_CENTRE[0] + (cx - CARPUS_CENTRE[0]) * CARPAL_SPREAD
+            y = CARPUS_CENTRE[1] + (cy - CARPUS_CENTRE[1]) * CARPAL_SPREAD
+            bone = np.maximum(bone, canvas.ellipse((x, y), r * 1.1, r))
+    return bone
 
-    # fingers: metacarpal and phalanges, each with an epiphysis at its base that widens, caps, fuses
-    length = 0.72 + 0.18 * growth
+
+def _rays(canvas: _Canvas, stage: float, growth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Soft tissue and bone of the five rays: metacarpal and phalanges, each with an epiphysis at its
+    base that widens to cap the shaft, and a growth plate that closes in the late teens."""
+    f = AGE_FEATURE_SCALE
+    soft, bone = np.zeros(canvas.u.shape, np.float32), np.zeros(canvas.u.shape, np.float32)
+    length = 0.72 + 0.18 * growth  # bones lengthen until the late teens
     for base_x, ang, bones in RAYS:
-        x, y = base_x, 0.64
+        x, y = base_x, 0.62
         dx, dy = -math.sin(ang), -math.cos(ang)
         tip = (x + dx * length * sum(bones), y + dy * length * sum(bones))
-        soft = np.maximum(soft, canvas.capsule((x, y), tip, 0.04))
+        soft = np.maximum(soft, canvas.capsule((x, y), tip, 0.05))
         for k, frac in enumerate(bones):
             if frac == 0:
                 continue
             seg = frac * length
-            shaft_r = 0.017 if k == 0 else 0.014 - 0.002 * k
-            gap = 0.016 * (1.0 - np.clip((stage - 160.0) / 45.0, 0, 1))  # physis closes in late teens
+            shaft_r = SHAFT_SCALE * (0.017 if k == 0 else 0.015 - 0.002 * k)
+            gap = 0.012 * f * (1.0 - np.clip((stage - 160.0) / 45.0, 0, 1))
             start = (x + dx * gap, y + dy * gap)
             end = (x + dx * seg, y + dy * seg)
             bone = np.maximum(bone, canvas.capsule(start, end, shaft_r))
-            width = np.clip((stage - 15.0 - 4.0 * k) / 110.0, 0, 1)  # epiphysis: dot -> full width cap
+            width = np.clip((stage - 15.0 - 4.0 * k) / 110.0, 0, 1)  # epiphysis: dot -> full-width cap
             if width > 0:
                 ep = (x + dx * gap * 0.2, y + dy * gap * 0.2)
-                bone = np.maximum(bone, width * canvas.ellipse(ep, shaft_r * (0.4 + 0.9 * width), 0.006))
+                bone = np.maximum(bone, width * canvas.ellipse(ep, shaft_r * (0.4 + 0.9 * width), 0.005 * f))
             x, y = end
+    return soft, bone
+
+
+def render_hand(age_months: float, male: bool, rng: np.random.Generator) -> np.ndarray:
+    """One radiograph as float32 in [0, 1] (bright bone on a dark background), before file nuisances."""
+    stage = maturity_stage(age_months, male)
+    growth = min(stage / 216.0, 1.0) ** 0.8  # the hand grows until the late teens
+    canvas = _Canvas(rng, FRAME_ZOOM, (0.49, 0.55))
+    density = 0.25 + 0.50 * min(stage / 216.0, 1.0)  # mineralisation: bone brightens with age
+    # forearm and palm soft tissue
+    soft = np.maximum(canvas.capsule((0.50, 1.3), (0.50, 0.72), 0.19), canvas.ellipse((0.50, 0.56), 0.19, 0.17))
+    finger_soft, finger_bone = _rays(canvas, stage, growth)
+    soft = np.maximum(soft, finger_soft)
+    bone = np.maximum(np.maximum(_forearm(canvas, stage), _carpus(canvas, stage)), finger_bone)
     image = 0.06 + 0.20 * soft + density * bone * (0.7 + 0.3 * soft)
     return image.astype(np.float32)
 
