@@ -2,13 +2,12 @@
 
 Each image is a function of (seed, index) alone. Bone age drives the anatomy the way the
 Greulich-Pyle atlas describes it: carpal ossification centres appear on schedule and grow, phalangeal
-epiphyses appear, widen to cap the shaft, growth plates close, bones lengthen and mineralise. Girls
-mature earlier, so for one bone age a girl's hand shows a later stage than a boy's; knowing sex helps.
-The image is framed as after a crop to the hand (the hand fills it at any age) and the age-carrying
-anatomy is drawn larger than life, so that it is visible at the 48 px a CPU can search (see
-PHANTOM_VERSION). Nuisances vary per image: pose, the crop's zoom and centre, exposure, noise, a side
-marker, inverted polarity and file format (8-bit, 16-bit, RGB). Labels carry Gaussian rater noise of
-LABEL_NOISE_SD_MONTHS, so no model can beat an expected MAE of about 0.8 x SD on them."""
+epiphyses appear, widen to cap the shaft, growth plates close, bones lengthen and mineralise, and the
+hand grows. Girls mature earlier, so for one bone age a girl's hand shows a later stage than a boy's;
+knowing sex helps. The age-carrying anatomy is drawn larger than life, so that it is visible at the
+48 px a CPU can search (see PHANTOM_VERSION). Nuisances vary per image: pose, field of view, exposure,
+noise, a side marker, inverted polarity and file format (8-bit, 16-bit, RGB). Labels carry Gaussian
+rater noise of LABEL_NOISE_SD_MONTHS, so no model can beat an expected MAE of about 0.8 x SD on them."""
 
 from __future__ import annotations
 
@@ -65,14 +64,14 @@ def sample_subject(rng: np.random.Generator) -> tuple[float, bool]:
     return age, male
 
 
-# Version 2 frames and draws the hand the way a bone-age model needs to see it at the embedded default's
-# 48 px. Version 1 drew life-size anatomy on a fixed field of view, so a young child's hand filled half
-# the frame and the features that separate nearby ages (carpal centres, epiphyses, growth plates) were a
-# pixel or less wide at 48 to 128 px: a strong recipe plateaued at 1.8 times the noise floor at every
-# size a CPU trains (results/learnability). Real pipelines crop to the hand and read ossification at
-# 256 to 512 px; this miniature crops to the hand and draws the age-carrying anatomy larger instead.
-PHANTOM_VERSION = 2
-FRAME_ZOOM = 1.12  # wrist to fingertips fill the frame at any age, as after a crop to the hand
+# Version 3 draws the anatomy that separates nearby ages larger than life, so that it spans pixels at
+# the embedded default's 48 px; the field of view, the pose, the hand's growth in the frame and the
+# maturation schedule are version 1's. In version 1 carpal centres, epiphyses and growth plates were a
+# pixel or less wide at 48 to 128 px, and a strong recipe stayed 1.5 to 1.8 times above the noise floor
+# (results/learnability). Version 2 also cropped to the hand (an infant's hand filled the frame as an
+# adolescent's did): that took away the hand's size, a cue the seed recipe leaned on (its val MAE rose
+# from 9.6 to 12.4 months with 2000 hands), so it was dropped.
+PHANTOM_VERSION = 3
 AGE_FEATURE_SCALE = 2.5  # carpal centres, epiphyses and growth plates, this much larger than life-size
 SHAFT_SCALE = 1.4  # bone shafts thicker, so a growth plate across one spans pixels at 48 px
 CARPAL_SPREAD = 1.2  # the carpus spread about its centre, making room for the larger centres
@@ -82,11 +81,11 @@ CARPUS_CENTRE = (0.52, 0.71)
 class _Canvas:
     """Pixel grid mapped into hand coordinates by one similarity transform (the pose)."""
 
-    def __init__(self, rng: np.random.Generator, zoom: float, centre: tuple[float, float]):
+    def __init__(self, rng: np.random.Generator, hand_scale: float):
         h, w = CANVAS_HW
         angle = rng.normal(0.0, 0.12)
-        zoom = zoom * rng.uniform(0.95, 1.05)  # a crop is never exact
-        cx, cy = centre[0] + rng.normal(0, 0.02), centre[1] + rng.normal(0, 0.02)
+        zoom = hand_scale * rng.uniform(0.96, 1.04)
+        cx, cy = 0.5 + rng.normal(0, 0.03), 0.56 + rng.normal(0, 0.03)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         # pixel -> canvas units (height = 1), centred, then undo rotation and zoom
         px, py = (xs - w / 2) / h, (ys - h / 2) / h
@@ -166,7 +165,7 @@ def render_hand(age_months: float, male: bool, rng: np.random.Generator) -> np.n
     """One radiograph as float32 in [0, 1] (bright bone on a dark background), before file nuisances."""
     stage = maturity_stage(age_months, male)
     growth = min(stage / 216.0, 1.0) ** 0.8  # the hand grows until the late teens
-    canvas = _Canvas(rng, FRAME_ZOOM, (0.49, 0.55))
+    canvas = _Canvas(rng, hand_scale=0.55 + 0.5 * growth * (1.04 if male else 1.0))  # the hand grows
     density = 0.25 + 0.50 * min(stage / 216.0, 1.0)  # mineralisation: bone brightens with age
     # forearm and palm soft tissue
     soft = np.maximum(canvas.capsule((0.50, 1.3), (0.50, 0.72), 0.19), canvas.ellipse((0.50, 0.56), 0.19, 0.17))

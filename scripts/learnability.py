@@ -164,7 +164,9 @@ def markdown(report: dict) -> str:
         f"`{report['command']}` ({report['dates']}), {report['machine']}. One seed per row; 70% of the hands train, "
         f"15% validate. Noise floor: val MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months (the labels' rater noise); the bar "
         f"for a learnable miniature is {BAR_X_NOISE_FLOOR}x that, {bar:.2f} months. The commit column is the "
-        "phantom's code a row was measured with (the row's own commit, or the one `--phantom-commit` named).",
+        "phantom's code a row was measured with (the row's own commit, or the one `--phantom-commit` named). "
+        "Wall times include writing and decoding a phantom not yet in the cache, and some rows shared the cores "
+        "with other work: they are not benchmarks.",
     ]
     for v in sorted({version(r) for r in report["rows"]}):
         rows = [r for r in report["rows"] if version(r) == v]

@@ -13,7 +13,7 @@ import torch
 from boneage_core.dataset import SplitsBySize
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.train import fit
-from search.record import epoch_recorder
+from search.record import epoch_recorder, record_outcome
 from search.space import suggest_config
 from search.specs import StudySpec
 
@@ -21,7 +21,6 @@ from search.specs import StudySpec
 # trial is recorded as failed with its reason and the search goes on (five in a row stop it). A CUDA
 # error (an illegal access, a kernel launch failure: torch.AcceleratorError) in one worker fails that
 # trial, not every worker of the run.
-VAL_PREDICTIONS_ATTR = "val_pred_months"
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, torch.AcceleratorError, BoneAgeError)
 
 
@@ -46,10 +45,7 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
             raise
         finally:
             collect()  # the model went with fit's result: only the metrics are kept
-        trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
-        trial.set_user_attr("val_metrics", metrics)
-        # per val image, in the split's order: what retrain --bias-correction fits its line on
-        trial.set_user_attr(VAL_PREDICTIONS_ATTR, [round(float(p), 2) for p in val_pred])
+        record_outcome(trial, start, metrics, val_pred)
         return metrics["mae_months"]
 
     return objective

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 SETTINGS_ATTR = "settings"
 COMMAND_PREFIX = "command:"
 SKIPPED_ATTR = "skipped_images"
+VAL_PREDICTIONS_ATTR = "val_pred_months"
 
 
 def _learning_fields(cfg: TrainConfig, searched: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -197,6 +198,15 @@ def epoch_recorder(trial: optuna.Trial, start: float) -> Callable[[int, dict], N
             raise optuna.TrialPruned(f"val MAE {row['val_mae_months']:.2f} months after epoch {epoch}")
 
     return on_epoch_end
+
+
+def record_outcome(trial: optuna.Trial, start: float, metrics: dict[str, float], val_pred) -> None:
+    """What a completed trial writes at its end: wall time, val metrics and its prediction for every val
+    image in the split's order (what retrain --bias-correction fits its line on). The storage benchmark
+    writes through it too."""
+    trial.set_user_attr("wall_time_s", round(time.perf_counter() - start, 2))
+    trial.set_user_attr("val_metrics", metrics)
+    trial.set_user_attr(VAL_PREDICTIONS_ATTR, [round(float(p), 2) for p in val_pred])
 
 
 def record_skipped(study: optuna.Study, skipped: list[Skipped]) -> None:

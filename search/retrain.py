@@ -42,8 +42,8 @@ from boneage_core.metrics import (
 )
 from boneage_core.train import FitResult, fit, predict_months
 from search.files import finite, write_atomic, write_json
-from search.objective import VAL_PREDICTIONS_ATTR
 from search.record import (
+    VAL_PREDICTIONS_ATTR,
     check_settings,
     config_changes,
     device_description,

@@ -134,7 +134,8 @@ def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
 
     import optuna
 
-    from benchmarks.storage import open_study, worker
+    from benchmarks.storage import VAL_IMAGES, open_study, worker
+    from search.specs import load_spec
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     open_study(url, "b", heartbeat=False)
@@ -143,8 +144,10 @@ def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
     worker(url, "b", 2, 0, ctx.Barrier(1), results, writes="search_trial")
     assert results.get(timeout=10)[2] == 2
     trials = optuna.load_study(study_name="b", storage=url).get_trials()
-    epochs = 3  # the demo study's
+    demo = load_spec("demo")
+    epochs = demo.train.epochs
     for t in trials:
-        assert set(t.params) == {"lr", "batch_size", "aug_strength"} and t.user_attrs["config"]["lr"] == t.params["lr"]
+        assert set(t.params) == set(demo.space) and t.user_attrs["config"]["lr"] == t.params["lr"]
         assert len(t.user_attrs["history"]) == t.user_attrs["epochs_run"] == epochs
-        assert sorted(t.intermediate_values) == [1, 2, 3] and "mae_months" in t.user_attrs["val_metrics"]
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+        assert "mae_months" in t.user_attrs["val_metrics"] and len(t.user_attrs["val_pred_months"]) == VAL_IMAGES

@@ -51,17 +51,9 @@ def test_phantom_anatomy_matures_with_age_and_girls_mature_earlier():
         return float((img > 0.4).sum())  # bright pixels: ossified, mineralised bone
 
     signals = [bone_signal(age, True) for age in (12, 60, 120, 180, 228)]
-    assert signals == sorted(signals) and signals[-1] > 1.8 * signals[0]
+    assert signals == sorted(signals) and signals[-1] > 2 * signals[0]
     assert maturity_stage(100, male=False) > maturity_stage(100, male=True)
     assert bone_signal(100, male=False) > bone_signal(100, male=True)
-
-
-def test_phantom_is_framed_as_a_crop_to_the_hand_at_every_age():
-    """Version 2 frames the hand as a crop to it would: an infant's hand fills the frame as an
-    adolescent's does (version 1 drew it in a third of the frame), so the anatomy that tells ages apart
-    is as many pixels wide at every age."""
-    share = [float((render_hand(age, True, np.random.default_rng(7)) > 0.15).mean()) for age in (12, 120, 228)]
-    assert min(share) > 0.45 and max(share) / min(share) < 1.25
 
 
 def test_phantom_written_in_kaggle_layout_reads_back_through_the_loader(phantom_src):
