@@ -57,7 +57,6 @@ from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 from search.study import attach_files, name_the_metric
 
-RECIPES = ("best", "baseline")  # the tuned recipe and the seed recipe, in every file and table
 # Comparisons beyond best minus seed recipe (the verdict), each (a, b) for a minus b, where both exist:
 # the final models against the seed recipe, the ensemble against its best member, each bias correction
 # against the same models uncorrected (before and after).
