@@ -146,11 +146,12 @@ def table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: r["row"]):
-        commit = r.get("phantom_commit") or r.get("commit") or "before 01189e0"
+        commit = (r.get("phantom_commit") or r.get("commit") or "before 01189e0").removesuffix(" (local changes)")
+        commit = commit[:7] if " " not in commit else commit  # a hash, shortened
         lines.append(
             f"| {r['row']} | {r.get('phantom_images', SMALL_N)} ({r['train_images']}) | {r['px']} | {r['recipe']} | "
             f"{r['epochs']} | {r['val_mae_months']:.2f} | {r['x_noise_floor']:.2f} | {r['x_mean_predictor']:.2f} | "
-            f"{r['best_epoch_val_mae_months']:.2f} | {r['wall_s'] / 60:.0f} min | {commit[:7]} |"
+            f"{r['best_epoch_val_mae_months']:.2f} | {r['wall_s'] / 60:.0f} min | {commit} |"
         )
     return lines
 
@@ -187,15 +188,31 @@ def markdown(report: dict) -> str:
     return "\n".join([*lines, "", f"Seed recipe: {seed}.", "", f"Strong recipe: the seed recipe with {strong}.", ""])
 
 
-def invocations(rows: list[dict], earlier: str | None) -> str:
+def invocations(rows: list[dict]) -> str:
     """Every invocation that measured a row, in order: a rerun adds rows, it does not redo them."""
-    commands = [c for r in rows for c in (r.get("command") or earlier or "").split("; ") if c]
-    return "; ".join(dict.fromkeys(commands))
+    return "; ".join(dict.fromkeys(r["command"] for r in rows))
+
+
+def write_report(out: Path, rows: list[dict]) -> None:
+    """learnability.json (every row, the recipes, the machine) and learnability.md, from the rows."""
+    report = {
+        "command": invocations(rows),
+        "dates": ", ".join(sorted({r["date"] for r in rows if r.get("date")})),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "noise_floor_mae_months": NOISE_FLOOR_MAE_MONTHS,
+        "bar_mae_months": BAR_X_NOISE_FLOOR * NOISE_FLOOR_MAE_MONTHS,
+        "phantom_version": version_of(boneage_core.phantom),
+        "seed_recipe": SEED,
+        "strong_recipe": STRONG,
+        "rows": rows,
+    }
+    (out / "learnability.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "learnability.md").write_text(markdown(report))
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="*", help="row numbers (default: all)")
+    parser.add_argument("--rows", type=int, nargs="*", help="row numbers (default: all; none: rewrite the report)")
     parser.add_argument("--out", default="results/learnability", help="output directory (default results/learnability)")
     parser.add_argument(
         "--phantom-commit", help="measure the phantom as it was at this git commit (default: this checkout's)"
@@ -206,8 +223,6 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
-    report_file = out / "learnability.json"
-    earlier = json.loads(report_file.read_text())["command"] if report_file.is_file() else None  # rows without one
     for i in args.rows if args.rows is not None else range(len(ROWS)):
         if any(r["row"] == i and version(r) == version_of(module) for r in rows):
             continue
@@ -217,20 +232,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(rows[-1]), flush=True)
         with open(rows_file, "a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
-        report = {
-            "command": invocations(rows, earlier),
-            "dates": ", ".join(sorted({r["date"] for r in rows if r.get("date")})),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}",
-            "noise_floor_mae_months": NOISE_FLOOR_MAE_MONTHS,
-            "bar_mae_months": BAR_X_NOISE_FLOOR * NOISE_FLOOR_MAE_MONTHS,
-            "phantom_version": version_of(boneage_core.phantom),
-            "seed_recipe": SEED,
-            "strong_recipe": STRONG,
-            "rows": rows,
-        }
-        report_file.write_text(json.dumps(report, indent=2) + "\n")
-        (out / "learnability.md").write_text(markdown(report))
+        write_report(out, rows)
+    write_report(out, rows)
 
 
 if __name__ == "__main__":
