@@ -37,7 +37,7 @@ COLOURS = {
     "trials": "#999999",
     "accent": "#56B4E9",
 }
-CORNERS = ("top left", "top right", "bottom left", "bottom right", "top")
+CORNERS = ("top left", "top right", "bottom right")  # one per model in the Bland-Altman figure
 BAND = "rgba(230, 159, 0, 0.25)"  # the seed recipe's orange, see-through
 GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
     ("mae_male_months", "male", "male"),
@@ -236,6 +236,11 @@ def _read_predictions(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any
     return preds
 
 
+def recipe_name(name: str, retrained: dict[str, Any]) -> str:
+    """'best', 'bias-corrected top-3 ensemble', 'seed recipe': a recipe of a retrain, as every view names it."""
+    return NAMES[name].replace("top-k", f"top-{retrained.get('top_k', 1)}")
+
+
 def test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
     preds = _read_predictions(out_dir, retrained)
     if not preds:
@@ -243,20 +248,22 @@ def test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
     true = preds.pop("_labels").age_months.to_numpy()
     seeds = retrained["seeds"]
     which = f"average of {seeds} seeds" if seeds > 1 else "one seed"
+    # per image, the models themselves: a bias correction moves each along one line (the tables have it)
+    models = {recipe_name(n, retrained): (n, p) for n, p in preds.items() if not n.endswith("_corrected")}
     return {
         "baseline_vs_best": _ci_figure(retrained),
-        "predicted_vs_true": _scatter_figure(preds, true, which),
-        "bland_altman": _bland_altman_figure(preds, true, which),
+        "predicted_vs_true": _scatter_figure(models, true, which),
+        "bland_altman": _bland_altman_figure(models, true, which),
         "mae_by_group": _group_figure(retrained),
     }
 
 
-def _scatter_figure(preds: dict[str, np.ndarray], true: np.ndarray, which: str) -> Any:
+def _scatter_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray, which: str) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name, p in preds.items():
-        fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=NAMES[name], marker_color=COLOURS[name])
+    for label, (name, p) in models.items():
+        fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=label, marker_color=COLOURS[name])
     hi = float(true.max()) * 1.05
     fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="perfect agreement", line=dict(color="gray", dash="dash"))
     return _style(
@@ -267,14 +274,14 @@ def _scatter_figure(preds: dict[str, np.ndarray], true: np.ndarray, which: str) 
     )
 
 
-def _bland_altman_figure(preds: dict[str, np.ndarray], true: np.ndarray, which: str) -> Any:
+def _bland_altman_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray, which: str) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name, p in preds.items():
+    for i, (label, (name, p)) in enumerate(models.items()):
         pred = p.mean(axis=0)
         mean, diff = (pred + true) / 2, pred - true
-        fig.add_scatter(x=mean, y=diff, mode="markers", name=NAMES[name], marker_color=COLOURS[name])
+        fig.add_scatter(x=mean, y=diff, mode="markers", name=label, marker_color=COLOURS[name])
         bias, half = diff.mean(), 1.96 * diff.std(ddof=1)
         for y, dash, text in (
             (bias, "solid", "bias"),
@@ -285,8 +292,8 @@ def _bland_altman_figure(preds: dict[str, np.ndarray], true: np.ndarray, which: 
                 y=y,
                 line_dash=dash,
                 line_color=COLOURS[name],
-                annotation_text=f"{NAMES[name]} {text} {y:+.1f}",
-                annotation_position=CORNERS[list(preds).index(name) % len(CORNERS)],
+                annotation_text=f"{label} {text} {y:+.1f}",
+                annotation_position=CORNERS[i % len(CORNERS)],
             )  # each recipe's labels in a corner of its own
     return _style(
         fig,
@@ -306,7 +313,7 @@ def _group_figure(retrained: dict[str, Any]) -> Any:
         fig.add_bar(
             x=x,
             y=[r["metrics_mean"][m] for m, _, _ in GROUPS],
-            name=NAMES[name],
+            name=recipe_name(name, retrained),
             marker_color=COLOURS[name],
             error_y=dict(type="data", array=[r["metrics_sd"][m] or 0 for m, _, _ in GROUPS]),
         )
@@ -329,7 +336,7 @@ def _ci_figure(retrained: dict[str, Any]) -> Any:
     )
     fig = go.Figure(
         go.Bar(
-            x=[f"{NAMES[n]}: {r[n]['mae']['mean']:.2f} months" for n in names],  # the value where no bar hides it
+            x=[f"{recipe_name(n, retrained)}: {r[n]['mae']['mean']:.2f} months" for n in names],  # value on show
             y=[r[n]["mae"]["mean"] for n in names],
             marker_color=[COLOURS[n] for n in names],
             error_y=err,

@@ -20,7 +20,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
-from search.figures import FIGURES, GROUPS, NAMES, search_figures, test_figures
+from search.figures import FIGURES, GROUPS, recipe_name, search_figures, test_figures
 from search.files import write_atomic, write_bytes_atomic, write_json
 from search.page import figure_page, index_page
 from search.record import SKIPPED_ATTR, command_line, describe_changes, plain, recorded_commands
@@ -61,18 +61,13 @@ def verdict_sentence(d: dict[str, Any], what: str = "the best recipe", against: 
     return f"no significant difference between {what} and {against}: {numbers}"
 
 
-def short_label(name: str, r: dict[str, Any]) -> str:
-    """'best', 'bias-corrected top-3 ensemble', 'seed recipe': a recipe of retrain's output r."""
-    return NAMES[name].replace("top-k", f"top-{r.get('top_k', 1)}")
-
-
 def recipe_label(name: str, r: dict[str, Any]) -> str:
     """A recipe as tables name it: with the trial or trials it comes from."""
     if name.startswith("best"):
-        return f"{short_label(name, r)} (trial {r['best_trial']})"
+        return f"{recipe_name(name, r)} (trial {r['best_trial']})"
     if name.startswith("ensemble"):
-        return f"{short_label(name, r)} (trials {', '.join(str(m['trial']) for m in r.get('members', []))})"
-    return short_label(name, r)
+        return f"{recipe_name(name, r)} (trials {', '.join(str(m['trial']) for m in r.get('members', []))})"
+    return recipe_name(name, r)
 
 
 def comparison_lines(r: dict[str, Any]) -> list[str]:
@@ -80,8 +75,8 @@ def comparison_lines(r: dict[str, Any]) -> list[str]:
     lines = []
     for key, d in r.get("comparisons", {}).items():
         a, b = key.split("_minus_")
-        against = "the seed recipe" if b == "baseline" else f"the {short_label(b, r)}"
-        lines.append(_capital(verdict_sentence(d, f"the {short_label(a, r)}", against)))
+        against = "the seed recipe" if b == "baseline" else f"the {recipe_name(b, r)}"
+        lines.append(_capital(verdict_sentence(d, f"the {recipe_name(a, r)}", against)))
     return lines
 
 
@@ -90,7 +85,7 @@ def correction_lines(r: dict[str, Any]) -> list[str]:
     lines = []
     for name, c in r.get("bias_correction", {}).items():
         lines.append(
-            f"bias correction of the {short_label(name, r)}: corrected = {c['slope']:.3f} x predicted "
+            f"bias correction of the {recipe_name(name, r)}: corrected = {c['slope']:.3f} x predicted "
             f"{c['intercept']:+.2f} months, fitted on the val predictions of trial(s) "
             f"{', '.join(map(str, c['trials']))} ({c['n']} images none of them trained on)"
         )
@@ -187,7 +182,7 @@ def status_text(study: optuna.Study) -> str:
         for key, c in retrained.get("comparisons", {}).items():
             a, b = key.split("_minus_")
             if b == "baseline":  # each other final model against the seed recipe
-                what, mae = short_label(a, retrained), _pm(r[a]["mae"]["mean"], r[a]["mae"]["sd"])
+                what, mae = recipe_name(a, retrained), _pm(r[a]["mae"]["mean"], r[a]["mae"]["sd"])
                 lines.append(f"  {what}: {mae} months; {verdict_sentence(c, what)}")
     else:
         lines.append("final test: not run yet (python -m search retrain)")
@@ -426,10 +421,10 @@ def _test_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "## Final test (retrained on train+val)",
         "",
-        f"{n} test images, {seeds} seed(s) per recipe, both recipes trained on the same {r['n_trainval']} "
+        f"{n} test images, {seeds} seed(s) per recipe, every recipe trained on the same {r['n_trainval']} "
         "images and scored on the same test images. Every column is the mean over seeds ± the SD over "
         "seeds; the MAE's 95% CI is a two-stage bootstrap (seeds, then test images). Evaluation, the same "
-        "for both recipes: batch-norm statistics re-estimated on un-augmented training images, no "
+        "for every recipe: batch-norm statistics re-estimated on un-augmented training images, no "
         "test-time augmentation.",
         "",
         "| recipe | MAE (months) | 95% CI | MAE per seed | RMSE | bias | R² | within 6 / 12 mo (%) |",
@@ -537,7 +532,7 @@ def _group_table(r: dict[str, Any]) -> list[str]:
     lines = [
         f"MAE by group (months, mean ± SD over {r['seeds']} seeds; n = test images in the group):",
         "",
-        "| group | n | " + " | ".join(short_label(n, r) for n in names) + " |",
+        "| group | n | " + " | ".join(recipe_name(n, r) for n in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
     for metric, key, label in GROUPS:
@@ -595,7 +590,7 @@ def _provenance_section(s: dict[str, Any]) -> list[str]:
         times.append(f"seed recipe on val {s['baseline']['wall_time_s']:.0f} s")
     if "test" in s:
         for n, e in s["test"]["recipes"].items():
-            times += [f"retrain {short_label(n, s['test'])} {e['wall_time_s']:.0f} s"] if "wall_time_s" in e else []
+            times += [f"retrain {recipe_name(n, s['test'])} {e['wall_time_s']:.0f} s"] if "wall_time_s" in e else []
     return lines + ["Wall times: " + ", ".join(times) + ".", ""]
 
 

@@ -41,6 +41,7 @@ from boneage_core.metrics import (
     verdict,
 )
 from boneage_core.train import FitResult, fit, predict_months
+from search.figures import NAMES
 from search.files import finite, write_atomic, write_json
 from search.record import (
     VAL_PREDICTIONS_ATTR,
@@ -52,7 +53,7 @@ from search.record import (
     record_skipped,
     study_settings,
 )
-from search.report import NAMES, save_study_note
+from search.report import save_study_note
 from search.space import ParamSpec, config_from_params
 from search.specs import StudySpec
 from search.study import attach_files, name_the_metric
