@@ -218,6 +218,7 @@ def search_figures(study: optuna.Study) -> dict[str, Any]:
     axis.ticktext = tuple(VAL if t == VAL.split(" (")[0] else PARAM_LABELS.get(t, t) for t in axis.ticktext)
     _style(par, FIGURES["parallel_coordinate"][0])
     sl = vis.plot_slice(study, target_name=VAL)
+    sl.layout.width = None  # Optuna sets 300 px per parameter: five overflow the page; the page's width instead
     _style(sl, FIGURES["slice"][0])
     _readable_params(sl)
     return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}

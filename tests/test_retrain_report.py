@@ -340,3 +340,17 @@ def test_bias_correction_needs_the_trials_val_predictions():
         bias_corrections(plan, np.arange(5.0))
     plan.members[0].val_pred_months = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert bias_corrections(plan, np.arange(5.0) * 2)["best"]["slope"] == pytest.approx(2.0)
+
+
+def test_no_search_figure_is_wider_than_the_page_whatever_the_number_of_parameters():
+    """Optuna's slice plot asks for 300 px per parameter: with the demo's five it overflowed the
+    report page sideways. Every figure takes the page's width instead."""
+    from search.figures import search_figures
+
+    s = optuna.create_study()
+    names = ["lr", "batch_size", "aug_strength", "weight_decay", "dropout"]
+    s.optimize(lambda t: sum(t.suggest_float(n, 0.1, 1.0) for n in names), n_trials=6)
+    figs = search_figures(s)
+    assert "slice" in figs and all(f.layout.width is None for f in figs.values()), {
+        k: f.layout.width for k, f in figs.items()
+    }
