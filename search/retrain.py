@@ -1,9 +1,11 @@
 """Retrain the best trial's config and the seed recipe on train+val; the final test MAE, seed-aware.
 
-The test split is read here and by the report only. Both recipes train on the same train+val images
-and are scored on the same test images, K seeds each. Every comparison resamples seeds as well as test
-images (boneage_core.metrics): on the demo the seed recipe's test MAE ran from 13.2 to 19.0 months
-over three seeds, far more than the test set's own uncertainty.
+The test split is read here and by the report only. Every recipe trains on the same train+val images
+and is scored on the same test images, K seeds each: the best trial's config, with --top-k the next
+best distinct configurations and their average (the top-k ensemble), with --bias-correction each tuned
+model corrected by a line fitted on its trials' val predictions, and the seed recipe. Every comparison
+resamples seeds as well as test images (boneage_core.metrics): on an earlier demo the seed recipe's
+test MAE ran from 13.2 to 19.0 months over three seeds, far more than the test set's own uncertainty.
 
 Every epoch is checkpointed under a key of everything that decides the weights (config, seed, data
 fingerprint, the images trained on and scored), so an interrupted retrain resumes where it stopped and
@@ -299,6 +301,29 @@ def _derived(
             tta_preds[f"{name}_corrected"] = apply_correction(tta_preds[name], line)
 
 
+def _summary_head(
+    spec: StudySpec, plan: Recipes, data: SplitsBySize, seeds: int, tta: bool, command: dict[str, Any]
+) -> dict[str, Any]:
+    """What retrain.json says before any figure: what was trained on which images, and how."""
+    size = spec.train.image_size  # the same rows at any size: for counts and labels
+    test = data.split(size, "test")
+    return {
+        "study": spec.name,
+        "best_trial": plan.best_trial,
+        "n_trainval": len(data.split(size, "train", "val")),
+        "n_test": len(test),
+        "seeds": seeds,
+        "tta": tta,
+        "top_k": len(plan.members),
+        "overrides": plan.overrides,
+        "seed_recipe_modified": plan.seed_recipe_modified,
+        "group_n": group_counts(test.age_months, test.male),
+        "data_fingerprint": data.fingerprint(),
+        "command": command,
+        "recipes": {},
+    }
+
+
 def _entry(name: str, plan: Recipes, preds, tta_preds, test: Split, members: list[dict[str, Any]]) -> dict[str, Any]:
     """One recipe's row of retrain.json: what it is (a config, or the trials it averages), its test
     statistics, flip TTA where run, and the training time it took."""
@@ -348,21 +373,7 @@ def retrain(
     record_skipped(study, data.skipped())
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
-    summary: dict[str, Any] = {
-        "study": spec.name,
-        "best_trial": plan.best_trial,
-        "n_trainval": len(data.split(spec.train.image_size, "train", "val")),
-        "n_test": len(test),
-        "seeds": seeds,
-        "tta": tta,
-        "top_k": len(plan.members),
-        "overrides": plan.overrides,
-        "seed_recipe_modified": plan.seed_recipe_modified,
-        "group_n": group_counts(test.age_months, test.male),
-        "data_fingerprint": data.fingerprint(),
-        "command": command,
-        "recipes": {},
-    }
+    summary = _summary_head(spec, plan, data, seeds, tta, command)
     preds, tta_preds, summary["members"] = _tuned_models(plan, seeds, data, ckpt_dir, out_dir, tta, quiet)
     start = time.perf_counter()
     preds["baseline"], tta_preds["baseline"], raw = _train_seeds(
@@ -372,24 +383,30 @@ def retrain(
     _derived(preds, tta_preds, plan, corrections)
     if corrections:
         summary["bias_correction"] = corrections
-    members = {m.name for m in plan.members}
-    for name in (n for n in NAMES if n in preds):  # best, its correction, the ensemble, its correction, seed
-        if name not in members:  # the members' files are written as they finish
-            for k, p in enumerate(preds[name]):
-                _write_predictions(out_dir / f"predictions_{name}_seed{k}.csv", test, p)
-        summary["recipes"][name] = _entry(name, plan, preds, tta_preds, test, summary["members"])
+    _score(summary, plan, preds, tta_preds, test, out_dir)
     summary["recipes"]["baseline"]["wall_time_s"] = seed_wall
     if len(raw):  # the seed recipe evaluated exactly as the seed project did
         summary["recipes"]["baseline"]["without_bn_reestimation"] = {"mae": seed_aware_mae(raw, test.age_months)}
+    summary = finite(summary)
+    _record(study, summary, out_dir, url)
+    return summary
+
+
+def _score(summary: dict[str, Any], plan: Recipes, preds, tta_preds, test: Split, out_dir: Path) -> None:
+    """Every recipe's entry and every comparison into summary; the prediction files of the models built
+    from trained ones (the members' were written as they finished)."""
+    members = {m.name for m in plan.members}
+    for name in (n for n in NAMES if n in preds):  # best, its correction, the ensemble, its correction, seed
+        if name not in members:
+            for k, p in enumerate(preds[name]):
+                _write_predictions(out_dir / f"predictions_{name}_seed{k}.csv", test, p)
+        summary["recipes"][name] = _entry(name, plan, preds, tta_preds, test, summary["members"])
     summary["best_minus_baseline"] = comparison(preds["best"], preds["baseline"], test)
     summary["comparisons"] = {
         f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
     }
-    if tta:
+    if summary["tta"]:
         summary["best_minus_baseline_tta_flip"] = comparison(tta_preds["best"], tta_preds["baseline"], test)
-    summary = finite(summary)
-    _record(study, summary, out_dir, url)
-    return summary
 
 
 def _record(study: optuna.Study, summary: dict[str, Any], out_dir: Path, url: str | None) -> None:
