@@ -106,8 +106,8 @@ def get_args_parser() -> Parser:
     rt = sub.add_parser(
         "retrain",
         parents=[common],
-        help="best params and the seed recipe on train+val -> test MAE; --set train.* changes the best "
-        "recipe only, --set baseline.* the seed recipe only",
+        help="best params (with --top-k the K best and their ensemble) and the seed recipe on train+val -> "
+        "test MAE; --set train.* changes the tuned recipes only, --set baseline.* the seed recipe only",
     )
     rt.add_argument(
         "--seeds",
