@@ -180,9 +180,10 @@ def markdown(report: dict) -> str:
                 f"{best['x_noise_floor']:.2f}x the noise floor, {verdict} the bar."
             )
     done = {r["row"] for r in report["rows"] if version(r) == current}
-    missing = [f"row {i}" for i in range(len(ROWS)) if i not in done]
+    missing = [str(i) for i in range(len(ROWS)) if i not in done]
     if missing:
-        lines += ["", f"Not yet measured on version {current}: {', '.join(missing)} (rerun to add them)."]
+        rows, them = (f"row {missing[0]}", "it") if len(missing) == 1 else (f"rows {', '.join(missing)}", "them")
+        lines += ["", f"Not yet measured on version {current}: {rows} (`--rows {' '.join(missing)}` adds {them})."]
     seed = ", ".join(f"{k} {v}" for k, v in SEED.items())
     strong = ", ".join(f"{k} {v}" for k, v in STRONG.items() if SEED.get(k) != v)
     return "\n".join([*lines, "", f"Seed recipe: {seed}.", "", f"Strong recipe: the seed recipe with {strong}.", ""])
