@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import stat
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from boneage_core.errors import BoneAgeError
+from boneage_core.files import private_tmp
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when decode_image changes what it produces
@@ -197,7 +199,7 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary files of this cache left by a build that was killed (its process is gone)."""
     for tmp in path.parent.glob(f"{path.stem}.*.tmp.npy"):
         try:
-            pid = int(tmp.name[len(path.stem) + 1 :].split(".")[0])
+            pid = int(tmp.name[len(path.stem) + 1 :].split(".")[0].split("-")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
@@ -250,7 +252,7 @@ def build_cache(
             return arr, _read_unreadable(listed, table)
         log.warning("%s has the wrong shape; rebuilding it", path)
     shape = (len(table), size, size)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")  # this build's own
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
@@ -298,9 +300,12 @@ def _write_unreadable(listed: Path, table: pd.DataFrame, failed: dict[int, str])
             "reason": [failed[i] for i in rows],
         }
     )
-    tmp = listed.with_name(listed.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, listed)
+    tmp = private_tmp(listed)  # two processes building the same cache write the same list
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, listed)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_unreadable(listed: Path, table: pd.DataFrame) -> dict[int, str]:

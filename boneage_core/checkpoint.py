@@ -18,6 +18,7 @@ import torch
 
 from boneage_core.config import TrainConfig
 from boneage_core.errors import BoneAgeError
+from boneage_core.files import private_tmp, remove_abandoned_tmp
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,13 @@ def save_checkpoint(
         "history": json.dumps(history),
         "final_eval": json.dumps(final),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    remove_abandoned_tmp(path)  # a save cut short by kill -9 (checkpoints are large)
+    tmp = private_tmp(path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def restore_checkpoint(path: Path, cfg: TrainConfig, state: TrainingState) -> Restored:

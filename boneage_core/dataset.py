@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 from boneage_core.cache import build_cache, default_cache_dir
 from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
+from boneage_core.files import private_tmp, remove_abandoned_tmp
 from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
 from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table, split_table
 
@@ -80,13 +82,35 @@ def resolve_source(settings: DataSettings, cache_dir: Path | None = None, quiet:
     if not (root / TRAIN_CSV).is_file():
         if not quiet:
             print(f"writing the embedded phantom dataset ({settings.phantom_n} images) to {root}", flush=True)
+        # written aside and renamed into place whole: two runs started at once (two workers' commands, two
+        # machines sharing the cache) each write their own, and no run reads a half-written image
+        remove_abandoned_tmp(root)
+        tmp = private_tmp(root)
         try:
-            write_phantom(root, settings.phantom_n, settings.seed, quiet=quiet)
+            write_phantom(tmp, settings.phantom_n, settings.seed, quiet=quiet)
+            _move_into_place(tmp, root)
         except OSError as exc:
             raise BoneAgeError(
-                f"cannot write the phantom dataset to {root} ({exc.strerror}); set BONEAGE_CACHE_DIR"
+                f"cannot write the phantom dataset to {root} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR"
             ) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _move_into_place(tmp: Path, root: Path, attempts: int = 3) -> None:
+    """The complete phantom in tmp renamed to root. Where another process got there first, its phantom
+    (the same images: the phantom is deterministic) stays and tmp is dropped; a root without the label
+    file is an unfinished write (of a version that wrote in place), removed."""
+    for _ in range(attempts):
+        try:
+            os.rename(tmp, root)
+            return
+        except OSError:
+            if (root / TRAIN_CSV).is_file():
+                return
+            shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
 
 
 def cap_per_split(table: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
@@ -128,7 +152,7 @@ def _check_writable(cache_dir: Path) -> None:
 
 def _save_skipped(skipped: list[Skipped], out: Path) -> Path:
     """Every skipped image (split, id, path, reason), in the cache directory."""
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = private_tmp(out)  # workers and machines sharing the cache write the same list
     try:
         pd.DataFrame([dataclasses.asdict(s) for s in skipped], columns=["split", "id", "path", "reason"]).to_csv(
             tmp, index=False
@@ -136,6 +160,8 @@ def _save_skipped(skipped: list[Skipped], out: Path) -> Path:
         os.replace(tmp, out)
     except OSError as exc:
         raise BoneAgeError(f"cannot write {out} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

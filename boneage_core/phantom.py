@@ -22,6 +22,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from boneage_core.files import private_tmp
+
 LABEL_NOISE_SD_MONTHS = 6.0
 NOISE_FLOOR_MAE_MONTHS = LABEL_NOISE_SD_MONTHS * math.sqrt(2.0 / math.pi)  # E|N(0, sd)| = 0.798 sd
 CANVAS_HW = (320, 256)  # portrait, like the RSNA scans
@@ -231,7 +233,10 @@ def write_phantom(out_dir: str | Path, n: int, seed: int = 0, workers: int | Non
             rows.append(row)
             bar.update(1)
     # the CSV is written last and atomically, so a directory holding it is a complete phantom
-    tmp = out / (TRAIN_CSV + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, out / TRAIN_CSV)
+    tmp = private_tmp(out / TRAIN_CSV)
+    try:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        os.replace(tmp, out / TRAIN_CSV)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

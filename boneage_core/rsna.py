@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.errors import BoneAgeError
+from boneage_core.files import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,10 @@ def split_table(
     table.loc[mask, "split"] = table.loc[mask, "id"].map(assign).to_numpy()
     if split_file is not None:
         split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = split_file.with_name(f"{split_file.name}.{os.getpid()}.tmp")  # two machines may write it at once
-        table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
-        os.replace(tmp, split_file)
+        tmp = private_tmp(split_file)  # two machines may write it at once
+        try:
+            table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
+            os.replace(tmp, split_file)
+        finally:
+            tmp.unlink(missing_ok=True)
     return table

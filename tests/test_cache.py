@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +16,7 @@ from boneage_core import BoneAgeError
 from boneage_core.cache import build_cache, decode_image
 from boneage_core.dataset import DataSettings, prepare
 from boneage_core.device import to_device
+from boneage_core.phantom import PHANTOM_VERSION
 from boneage_core.rsna import load_table
 from tests.conftest import corrupt_but_whole_png, hand_png
 
@@ -175,3 +179,83 @@ def test_a_skipped_image_is_left_out_of_its_split(official_dir, tmp_path):
     assert decoded.split("train").images is decoded.images["train"]  # the other splits stay the mapped files
     both = decoded.split("val", "train")
     assert len(both) == 15 and list(both.ids[:5]) == list(val.ids) and np.array_equal(both.images[:5], val.images)
+
+
+def _prepare_with_another_writer(settings, cache, monkeypatch, at: int):
+    """prepare(), with another writer of the same data doing all of its work between this one's
+    writing its at-th file and renaming it into place; the data and the file it came between."""
+    real_replace, seen, between = os.replace, [], []
+
+    def replace(src, dst):
+        seen.append(dst)
+        if len(seen) == at + 1 and not between:
+            between.append(Path(dst))
+            with monkeypatch.context() as m:
+                m.setattr(os, "replace", real_replace)
+                prepare(settings, 32, cache_dir=cache)  # the other writer, start to end
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        decoded = prepare(settings, 32, cache_dir=cache)
+    return decoded, between[0] if between else None
+
+
+def _whole(decoded, n: int, cache: Path) -> bool:
+    splits = [decoded.split(s) for s in ("train", "val", "test")]
+    leftovers = [p for p in cache.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+    return (
+        sum(map(len, splits)) == n
+        and all((s.images.reshape(len(s), -1).max(1) > 0).all() for s in splits)
+        and not leftovers
+    )
+
+
+def test_the_phantom_written_by_two_at_once_is_whole_for_both(tmp_path, monkeypatch):
+    """Two runs (two machines sharing a cache, or two commands on one) both find the phantom absent: the
+    other writes and places a whole phantom between this one's writing its labels and placing them.
+    Each writes its phantom aside and renames it into place, so both read every image."""
+    decoded, between = _prepare_with_another_writer(DataSettings(phantom_n=24), tmp_path / "c", monkeypatch, at=0)
+    assert between.name == "boneage-training-dataset.csv"
+    assert _whole(decoded, 24, tmp_path / "c")
+    assert [p.name for p in (tmp_path / "c").iterdir() if "phantom" in p.name] == [f"phantom-v{PHANTOM_VERSION}-n24-s0"]
+
+
+def test_a_phantom_write_that_died_is_cleaned_up_by_the_next_and_a_live_ones_is_not(tmp_path):
+    """kill -9 during a phantom write leaves its half-written directory under a temporary name: the next
+    write removes it when its process is gone on this machine, never one still writing or another
+    machine's (a cache directory on a shared disk)."""
+    import socket
+    import subprocess
+    import sys
+
+    from boneage_core.dataset import phantom_dir, resolve_source
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = phantom_dir(24, 0, tmp_path / "c")
+    here = socket.gethostname()
+    left = {
+        "dead": root.with_name(f".{root.name}.0a1b2c3d.{int(dead.stdout)}@{here}.tmp"),
+        "live": root.with_name(f".{root.name}.0a1b2c3e.{os.getpid()}@{here}.tmp"),
+        "elsewhere": root.with_name(f".{root.name}.0a1b2c3f.{int(dead.stdout)}@not-{here}.tmp"),
+    }
+    for d in left.values():
+        (d / "boneage-training-dataset").mkdir(parents=True)
+        (d / "boneage-training-dataset" / "1000.png").write_bytes(b"half")
+    resolve_source(DataSettings(phantom_n=24), tmp_path / "c")
+    assert {k: d.exists() for k, d in left.items()} == {"dead": False, "live": True, "elsewhere": True}
+    assert len(list((root / "boneage-training-dataset").glob("*.png"))) == 24
+
+
+def test_every_cache_file_written_by_two_at_once_is_whole_for_both(official_dir, tmp_path, monkeypatch):
+    """The same for every file prepare writes (the cache of each split, the list of skipped images), the
+    other writer coming between each in turn: each writer's temporary names are its own."""
+    corrupt_but_whole_png(official_dir / "Bone Age Validation Set" / "boneage-validation-dataset-1" / "9002.png")
+    settings, between = DataSettings(source=str(official_dir)), []
+    for at in range(10):
+        decoded, name = _prepare_with_another_writer(settings, tmp_path / f"c{at}", monkeypatch, at)
+        if name is None:
+            break
+        between.append(name.suffixes[-2] if name.name.endswith(".unreadable.csv") else name.name.split("-")[0])
+        assert _whole(decoded, 19, tmp_path / f"c{at}"), name
+    assert set(between) == {"images", ".unreadable", "skipped"}  # caches, their lists, the skipped list
