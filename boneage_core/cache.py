@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import stat
-import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from boneage_core.errors import BoneAgeError
-from boneage_core.files import private_tmp
+from boneage_core.files import private_tmp, remove_abandoned_tmp
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when decode_image changes what it produces
@@ -195,18 +194,6 @@ def _decode_row(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
         return None, str(exc)
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of this cache left by a build that was killed (its process is gone)."""
-    for tmp in path.parent.glob(f"{path.stem}.*.tmp.npy"):
-        try:
-            pid = int(tmp.name[len(path.stem) + 1 :].split(".")[0].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError, OSError):
-            continue  # not ours, or its process still runs
-
-
 def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
@@ -252,10 +239,10 @@ def build_cache(
             return arr, _read_unreadable(listed, table)
         log.warning("%s has the wrong shape; rebuilding it", path)
     shape = (len(table), size, size)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")  # this build's own
+    tmp = private_tmp(path)  # this build's own: another process or machine may build the same cache
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
+        remove_abandoned_tmp(path)  # of a build killed (even by kill -9) on this machine
         out = _reserve(tmp, shape, cache_dir)
         failed = _decode_into(out, table, size, workers, quiet, f"decoding {what} at {size} px")
         out.flush()

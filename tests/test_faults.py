@@ -130,7 +130,7 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkey
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not list(cache.glob("*.tmp.npy")):
+    while not list(cache.glob(".images-*.tmp")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -139,7 +139,7 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkey
     monkeypatch.setenv("BONEAGE_CACHE_DIR", str(cache))
     r = main_ok("data", "cache", str(root), "--size", "64", cwd=tmp_path, capsys=capsys)  # the rerun needs no process
     assert "cached 250 images" in r.stdout
-    assert not list(cache.glob("*.tmp.npy"))  # the killed build's temporary file is cleaned up
+    assert not list(cache.glob(".images-*.tmp"))  # the killed build's temporary file is cleaned up
     import numpy as np
 
     arrays = [np.load(f) for f in cache.glob("images-*64px.npy")]  # train, val, test
