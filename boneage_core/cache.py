@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from boneage_core.errors import BoneAgeError
-from boneage_core.files import private_tmp, remove_abandoned_tmp
+from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when decode_image changes what it produces
@@ -287,12 +287,8 @@ def _write_unreadable(listed: Path, table: pd.DataFrame, failed: dict[int, str])
             "reason": [failed[i] for i in rows],
         }
     )
-    tmp = private_tmp(listed)  # two processes building the same cache write the same list
-    try:
+    with written_into_place(listed) as tmp:  # two processes building the same cache write the same list
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, listed)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_unreadable(listed: Path, table: pd.DataFrame) -> dict[int, str]:

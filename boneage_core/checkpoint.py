@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 
 from boneage_core.config import TrainConfig
 from boneage_core.errors import BoneAgeError
-from boneage_core.files import private_tmp, remove_abandoned_tmp
+from boneage_core.files import remove_abandoned_tmp, written_into_place
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +55,8 @@ def save_checkpoint(
         "final_eval": json.dumps(final),
     }
     remove_abandoned_tmp(path)  # a save cut short by kill -9 (checkpoints are large)
-    tmp = private_tmp(path)
-    try:
+    with written_into_place(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def restore_checkpoint(path: Path, cfg: TrainConfig, state: TrainingState) -> Restored:

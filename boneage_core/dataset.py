@@ -21,7 +21,7 @@ import pandas as pd
 from boneage_core.cache import build_cache, default_cache_dir
 from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
-from boneage_core.files import private_tmp, remove_abandoned_tmp
+from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
 from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table, split_table
 
@@ -152,16 +152,12 @@ def _check_writable(cache_dir: Path) -> None:
 
 def _save_skipped(skipped: list[Skipped], out: Path) -> Path:
     """Every skipped image (split, id, path, reason), in the cache directory."""
-    tmp = private_tmp(out)  # workers and machines sharing the cache write the same list
+    frame = pd.DataFrame([dataclasses.asdict(s) for s in skipped], columns=["split", "id", "path", "reason"])
     try:
-        pd.DataFrame([dataclasses.asdict(s) for s in skipped], columns=["split", "id", "path", "reason"]).to_csv(
-            tmp, index=False
-        )
-        os.replace(tmp, out)
+        with written_into_place(out) as tmp:  # workers and machines sharing the cache write the same list
+            frame.to_csv(tmp, index=False)
     except OSError as exc:
         raise BoneAgeError(f"cannot write {out} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

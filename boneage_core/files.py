@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -37,3 +38,15 @@ def remove_abandoned_tmp(path: Path) -> None:
                     tmp.unlink()
         except OSError:
             continue  # another user's process: alive
+
+
+@contextlib.contextmanager
+def written_into_place(path: Path) -> Iterator[Path]:
+    """A private temporary path to write path's new content to: renamed to path when the block ends
+    without an error, removed in any case, so no reader ever sees half a file."""
+    tmp = private_tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

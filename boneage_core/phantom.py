@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from boneage_core.files import private_tmp
+from boneage_core.files import written_into_place
 
 LABEL_NOISE_SD_MONTHS = 6.0
 NOISE_FLOOR_MAE_MONTHS = LABEL_NOISE_SD_MONTHS * math.sqrt(2.0 / math.pi)  # E|N(0, sd)| = 0.798 sd
@@ -233,10 +233,6 @@ def write_phantom(out_dir: str | Path, n: int, seed: int = 0, workers: int | Non
             rows.append(row)
             bar.update(1)
     # the CSV is written last and atomically, so a directory holding it is a complete phantom
-    tmp = private_tmp(out / TRAIN_CSV)
-    try:
+    with written_into_place(out / TRAIN_CSV) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-        os.replace(tmp, out / TRAIN_CSV)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.errors import BoneAgeError
-from boneage_core.files import private_tmp
+from boneage_core.files import written_into_place
 
 log = logging.getLogger(__name__)
 
@@ -366,10 +366,6 @@ def split_table(
     table.loc[mask, "split"] = table.loc[mask, "id"].map(assign).to_numpy()
     if split_file is not None:
         split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = private_tmp(split_file)  # two machines may write it at once
-        try:
+        with written_into_place(split_file) as tmp:  # two machines may write it at once
             table.loc[mask, ["id", "split"]].to_csv(tmp, index=False)
-            os.replace(tmp, split_file)
-        finally:
-            tmp.unlink(missing_ok=True)
     return table
