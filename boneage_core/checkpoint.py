@@ -70,6 +70,8 @@ def restore_checkpoint(path: Path, cfg: TrainConfig, state: TrainingState) -> Re
     except Exception as exc:  # torch raises many types for a damaged file
         log.warning("checkpoint %s is unreadable (%s); training this seed from the start", path, type(exc).__name__)
         return Restored(history=[])
+    if not {"config", "model", "optimizer", "generator", "history", "final_eval"} <= set(saved):
+        raise BoneAgeError(f"checkpoint {path} was written by an older version; delete it to start over")
     if json.loads(saved["config"]) != cfg.to_dict():
         raise BoneAgeError(f"checkpoint {path} was written by another config; delete it to start over")
     state.model.load_state_dict(saved["model"])
@@ -80,7 +82,7 @@ def restore_checkpoint(path: Path, cfg: TrainConfig, state: TrainingState) -> Re
     if saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
     out = Restored(history=json.loads(saved["history"]))
-    final = json.loads(saved.get("final_eval", "null"))
+    final = json.loads(saved["final_eval"])
     if final is not None:
         out.pred_months = np.asarray(final["pred"], dtype=np.float64)
         if final.get("pred_without_bn_reestimation") is not None:

@@ -308,8 +308,6 @@ def fit(
             on_epoch_end(epoch, row)
     if bar is not None:
         bar.close()
-    if result.pred_months is None:  # resumed after the last epoch from an older checkpoint: evaluate once
-        result.pred_months = _predict(state.model, data.eval_images, data.eval_male, cfg, mean, std)
     if not result.metrics:  # resumed from a finished checkpoint, whose predictions it holds
         result.metrics = regression_metrics(result.pred_months, eval_split.age_months, eval_split.male)
     result.model = state.model

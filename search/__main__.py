@@ -71,7 +71,11 @@ def positive_float(text: str) -> float:
 def _common_options() -> Parser:
     """What every study command takes."""
     common = Parser(add_help=False)
-    common.add_argument("--study", default="demo", help="a name in studies/ or a path to a TOML file (default: demo)")
+    common.add_argument(
+        "--study",
+        help="a study name (./studies/NAME.toml, else the packaged one, else a study already in the storage) "
+        "or a path to a TOML file (default: demo); the file is read to create a study, the study is read after",
+    )
     common.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite:///studies/<study>.db)")
     common.add_argument("--data", help="directory with RSNA data as downloaded (same as --set data.source=DIR)")
     common.add_argument(
@@ -80,8 +84,9 @@ def _common_options() -> Parser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a study field, repeatable (e.g. --set train.epochs=3); an existing study refuses "
-        "changes to its data, fixed training fields, seed recipe and space",
+        help="override a study field when creating a study, repeatable (e.g. --set train.epochs=3); an "
+        "existing study keeps its data, fixed training fields, space, sampler, pruner and seed recipe, and "
+        "refuses a change to them (device and heartbeat stay free)",
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return common

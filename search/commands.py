@@ -7,27 +7,33 @@ import time
 from pathlib import Path
 
 from boneage_core import BoneAgeError
-from search.specs import StudySpec, load_spec, shown_path
-from search.study import default_storage_url, redact
+from search.specs import shown_path
+from search.study import redact
+from search.truth import StudyRef, open_existing, study_ref
 
 
-def _spec_and_url(args: argparse.Namespace) -> tuple[StudySpec, str]:
-    spec = load_spec(args.study, args.overrides, args.data)
-    return spec, args.storage or default_storage_url(spec.name)
+def _ref(args: argparse.Namespace) -> StudyRef:
+    return study_ref(args.study, args.storage, args.overrides)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """A new study is created from its file and --set; an existing one resumes on its own settings."""
     from search.run import run_study
+    from search.truth import file_edits, spec_for_run
 
-    spec, url = _spec_and_url(args)
+    ref = _ref(args)
+    spec, resumed = spec_for_run(ref, args.overrides, args.data)
     if not args.quiet:
+        origin = "its stored settings" if resumed else shown_path(spec.path)
         print(
-            f"study '{spec.name}' ({shown_path(spec.path)}) in {redact(url)}: searching "
+            f"study '{spec.name}' ({origin}) in {redact(ref.url)}: searching "
             f"{', '.join(spec.space) or 'nothing'} until {args.trials} trials have finished",
             flush=True,
         )
+    if resumed and (edited := file_edits(ref, spec, args.overrides, args.data)):
+        print(f"note: {edited}; start a new study with --set study.name=<new name> to use the file's", flush=True)
     start = time.monotonic()
-    out = run_study(spec, url, args.trials, args.workers, args.timeout, args.quiet, argv=argv)
+    out = run_study(spec, ref.url, args.trials, args.workers, args.timeout, args.quiet, argv=argv)
     if not args.quiet:
         best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
         print(
@@ -36,30 +42,31 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         if out.timed_out:
             print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
+        print(f"next: {ref.hint('baseline')}, then {ref.hint('retrain')}")
     return 0
 
 
 def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     from search.baseline import run_baseline
-    from search.record import describe_changes
-    from search.report import format_seeds
+    from search.report import save_study_note
+    from search.words import format_seeds
 
-    spec, url = _spec_and_url(args)
+    ref = _ref(args)
+    study, spec = open_existing(ref, args.overrides, args.data)
     b = spec.baseline
     if not args.quiet:
-        what = "modified seed recipe" if spec.baseline_changes else "seed recipe"
         print(
-            f"{what} on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
-            f"{b.epochs} epochs, batch {b.batch_size}"
-            + (f" (changed: {describe_changes(spec.baseline_changes)})" if spec.baseline_changes else ""),
+            f"seed recipe on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+            f"{b.epochs} epochs, batch {b.batch_size}",
             flush=True,
         )
-    record = run_baseline(spec, url, args.quiet, seeds=args.seeds, argv=argv)
-    sd = f", SD {record['val_mae_sd']:.2f}" if record["val_mae_sd"] is not None else ""
+    record = run_baseline(spec, study, args.quiet, seeds=args.seeds, argv=argv)
+    save_study_note(study, ref)
+    sd = f", SD {record.val_mae_sd:.2f}" if record.val_mae_sd is not None else ""
     print(
-        f"seed recipe val MAE {record['val_mae_months']:.2f} months, mean of {args.seeds} seed(s) "
-        f"({format_seeds(record['val_mae_per_seed'])}{sd}; {record['wall_time_s']:.0f} s); "
-        f"mean predictor {record['mean_predictor_val_mae_months']:.2f} months; recorded in {redact(url)}"
+        f"seed recipe val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
+        f"({format_seeds(record.val_mae_per_seed)}{sd}; {record.wall_time_s:.0f} s); "
+        f"mean predictor {record.mean_predictor_val_mae_months:.2f} months; recorded in {redact(ref.url)}"
     )
     return 0
 
@@ -69,66 +76,63 @@ def _is_recipe_override(item: str) -> bool:
 
 
 def retrain(args: argparse.Namespace, argv: list[str]) -> int:
-    """--set train.* and --set baseline.* are deliberate changes for this retrain (to the best recipe
+    """--set train.* and --set baseline.* are deliberate changes for this retrain (to the tuned recipes
     and to the seed recipe), recorded and shown; every other setting must match the study's."""
-    from search.report import retrain_lines
+    from search.report import save_study_note
+    from search.words import retrain_lines
     from search.retrain import retrain as run_retrain
     from search.specs import apply_overrides
-    from search.study import load_existing_study
 
+    ref = _ref(args)
     deliberate = [o for o in args.overrides if _is_recipe_override(o)]
-    spec = load_spec(args.study, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
-    url = args.storage or default_storage_url(spec.name)
+    study, spec = open_existing(ref, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
     changes = apply_overrides({}, deliberate)
     out = run_retrain(
         spec,
-        load_existing_study(spec.name, url),
+        study,
+        ref,
         seeds=args.seeds,
         tta=args.tta,
         train_overrides=changes.get("train", {}),
         baseline_overrides=changes.get("baseline", {}),
         quiet=args.quiet,
         argv=argv,
-        url=url,
         top_k=args.top_k,
         bias_correction=args.bias_correction,
     )
+    save_study_note(study, ref)
     print("\n".join(retrain_lines(out)))
-    print(f"written to results/{spec.name}/")
+    print(f"recorded in the study; prediction files in results/{spec.name}/; next: {ref.hint('report')}")
     return 0
 
 
 def report(args: argparse.Namespace, argv: list[str]) -> int:
-    from search.record import check_settings, study_settings
     from search.report import write_report
-    from search.study import load_existing_study
 
-    spec, url = _spec_and_url(args)
-    study = load_existing_study(spec.name, url, read_only=True)
-    check_settings(study, study_settings(spec, None), store=False)
+    ref = _ref(args)
+    study, _ = open_existing(ref, args.overrides, args.data, read_only=True)
     try:
-        out = write_report(study, argv=argv)
+        out = write_report(study, ref, argv=argv)
     except OSError as exc:
         raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
-    print(f"report written to {out}/ (open {out}/index.html); study file {shown_path(spec.path)}")
+    print(f"report written to {out}/ (open {out}/index.html)")
     return 0
 
 
 def status(args: argparse.Namespace, argv: list[str]) -> int:
     from search.report import status_text
-    from search.study import load_existing_study
 
-    spec, url = _spec_and_url(args)
-    print(status_text(load_existing_study(spec.name, url, read_only=True)))
-    print(f"study file: {shown_path(spec.path)}")
+    ref = _ref(args)
+    study, _ = open_existing(ref, args.overrides, args.data, read_only=True)
+    print(status_text(study, ref))
     return 0
 
 
 def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
     from search.dashboard import serve
 
-    spec, url = _spec_and_url(args)
-    serve(url, args.host, args.port, spec.name)
+    ref = _ref(args)
+    serve(ref.url, args.host, args.port, ref.name)
     return 0
 
 

@@ -9,15 +9,14 @@ other trials.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
+from search.results import BaselineResult, RetrainResult
 
 # Every recipe retrain can score, in the order every table and figure lists them, and its colour
 # (Okabe-Ito, safe for colour-blind readers): blue the best, orange the seed recipe.
@@ -122,7 +121,7 @@ def _seed_band(fig, x: list[float], low: list[float], high: list[float], label: 
     fig.add_scatter(x=x, y=high, fill="tonexty", fillcolor=BAND, name=label, **edge)
 
 
-def history_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
+def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
     import optuna.visualization as vis
 
     fig = vis.plot_optimization_history(study, target_name=VAL)
@@ -134,20 +133,20 @@ def history_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
     _style(fig, FIGURES["optimization_history"][0], "trial", "val MAE (months, log scale)")
     fig.update_yaxes(type="log")
     if base:
-        per_seed = base.get("val_mae_per_seed", [base["val_mae_months"]])
+        per_seed = base.val_mae_per_seed
         x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
         _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, f"seed recipe: range of {len(per_seed)} seeds")
         fig.add_scatter(
             x=x,
-            y=[base["val_mae_months"]] * 2,
+            y=[base.val_mae_months] * 2,
             mode="lines",
             line=dict(dash="dash", color=COLOURS["baseline"]),
-            name=f"seed recipe: mean {base['val_mae_months']:.2f}",
+            name=f"seed recipe: mean {base.val_mae_months:.2f}",
         )
     return fig
 
 
-def pruning_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
+def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
     """Drawn here rather than by plot_intermediate_values, which colours every trial differently and
     has no place for the seed recipe."""
     import plotly.graph_objects as go
@@ -171,7 +170,7 @@ def pruning_figure(study: optuna.Study, base: dict[str, Any] | None) -> Any:
             showlegend=is_best or t.number == first_other,  # one legend entry for all the others
             hovertemplate=f"trial {t.number}, epoch %{{x}}: %{{y:.2f}} months<extra></extra>",
         )
-    histories = (base or {}).get("histories") or []
+    histories = base.histories if base else []
     if histories:
         epochs = min(len(h) for h in histories)
         per_epoch = np.array([[h[e]["val_mae_months"] for e in range(epochs)] for h in histories])
@@ -198,13 +197,12 @@ def _readable_params(fig) -> None:
                 ax.exponentformat = "power"
 
 
-def search_figures(study: optuna.Study) -> dict[str, Any]:
+def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str, Any]:
     import optuna.visualization as vis
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not complete:
         return {}
-    base = study.user_attrs.get("baseline")
     figs = {"optimization_history": history_figure(study, base), "intermediate_values": pruning_figure(study, base)}
     if len(complete) < 2 or not study.best_trial.params:
         return figs
@@ -224,33 +222,22 @@ def search_figures(study: optuna.Study) -> dict[str, Any]:
     return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}
 
 
-def _read_predictions(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
-    """{recipe: (seeds, images) predictions} and the labels, from the CSVs retrain wrote."""
-    preds: dict[str, Any] = {}
-    for name in retrained.get("recipes", {}):
-        frames = [out_dir / f"predictions_{name}_seed{k}.csv" for k in range(retrained["seeds"])]
-        if not all(f.is_file() for f in frames):
-            return {}
-        tables = [pd.read_csv(f) for f in frames]
-        preds[name] = np.array([t.pred_months.to_numpy() for t in tables])
-        preds["_labels"] = tables[0]
-    return preds
-
-
-def recipe_name(name: str, retrained: dict[str, Any]) -> str:
+def recipe_name(name: str, top_k: int) -> str:
     """'best', 'bias-corrected top-3 ensemble', 'seed recipe': a recipe of a retrain, as every view names it."""
-    return NAMES[name].replace("top-k", f"top-{retrained.get('top_k', 1)}")
+    return NAMES[name].replace("top-k", f"top-{top_k}")
 
 
-def test_figures(out_dir: Path, retrained: dict[str, Any]) -> dict[str, Any]:
-    preds = _read_predictions(out_dir, retrained)
-    if not preds:
-        return {}
-    true = preds.pop("_labels").age_months.to_numpy()
-    seeds = retrained["seeds"]
+def test_figures(retrained: RetrainResult) -> dict[str, Any]:
+    """The final test's figures, from the stored result's per-image predictions."""
+    true = np.array(retrained.test_age_months)
+    seeds = retrained.seeds
     which = f"average of {seeds} seeds" if seeds > 1 else "one seed"
     # per image, the models themselves: a bias correction moves each along one line (the tables have it)
-    models = {recipe_name(n, retrained): (n, p) for n, p in preds.items() if not n.endswith("_corrected")}
+    models = {
+        recipe_name(n, retrained.top_k): (n, np.array(r.pred_months))
+        for n, r in retrained.recipes.items()
+        if not n.endswith("_corrected")
+    }
     return {
         "baseline_vs_best": _ci_figure(retrained),
         "predicted_vs_true": _scatter_figure(models, true, which),
@@ -304,44 +291,44 @@ def _bland_altman_figure(models: dict[str, tuple[str, np.ndarray]], true: np.nda
     )
 
 
-def _group_figure(retrained: dict[str, Any]) -> Any:
+def _group_figure(retrained: RetrainResult) -> Any:
     import plotly.graph_objects as go
 
-    n = retrained["group_n"]
+    n = retrained.group_n
     x = [f"{label} (n={n[key]})" for _, key, label in GROUPS]
     fig = go.Figure()
-    for name, r in retrained["recipes"].items():
+    for name, r in retrained.recipes.items():
         fig.add_bar(
             x=x,
-            y=[r["metrics_mean"][m] for m, _, _ in GROUPS],
-            name=recipe_name(name, retrained),
+            y=[r.metrics_mean[m] for m, _, _ in GROUPS],
+            name=recipe_name(name, retrained.top_k),
             marker_color=COLOURS[name],
-            error_y=dict(type="data", array=[r["metrics_sd"][m] or 0 for m, _, _ in GROUPS]),
+            error_y=dict(type="data", array=[r.metrics_sd[m] or 0 for m, _, _ in GROUPS]),
         )
     fig.update_layout(barmode="group")
     return _style(
-        fig, f"{FIGURES['mae_by_group'][0]} (mean over {retrained['seeds']} seeds, ± SD)", "", "test MAE (months)"
+        fig, f"{FIGURES['mae_by_group'][0]} (mean over {retrained.seeds} seeds, ± SD)", "", "test MAE (months)"
     )
 
 
-def _ci_figure(retrained: dict[str, Any]) -> Any:
+def _ci_figure(retrained: RetrainResult) -> Any:
     import plotly.graph_objects as go
 
-    r = retrained["recipes"]
+    r = retrained.recipes
     names = list(r)
     err = dict(
         type="data",
         symmetric=False,
-        array=[r[n]["mae"]["ci_high"] - r[n]["mae"]["mean"] for n in names],
-        arrayminus=[r[n]["mae"]["mean"] - r[n]["mae"]["ci_low"] for n in names],
+        array=[r[n].mae.ci_high - r[n].mae.mean for n in names],
+        arrayminus=[r[n].mae.mean - r[n].mae.ci_low for n in names],
     )
     fig = go.Figure(
         go.Bar(
-            x=[f"{recipe_name(n, retrained)}: {r[n]['mae']['mean']:.2f} months" for n in names],  # value on show
-            y=[r[n]["mae"]["mean"] for n in names],
+            x=[f"{recipe_name(n, retrained.top_k)}: {r[n].mae.mean:.2f} months" for n in names],  # value on show
+            y=[r[n].mae.mean for n in names],
             marker_color=[COLOURS[n] for n in names],
             error_y=err,
         )
     )
-    title = f"{FIGURES['baseline_vs_best'][0]}: mean of {retrained['seeds']} seeds, 95% CI over seeds and images"
+    title = f"{FIGURES['baseline_vs_best'][0]}: mean of {retrained.seeds} seeds, 95% CI over seeds and images"
     return _style(fig, title, "", "test MAE (months)")

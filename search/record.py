@@ -45,27 +45,34 @@ def _learning_fields(cfg: TrainConfig, searched: tuple[str, ...] = ()) -> dict[s
     return {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS and k not in searched}
 
 
+SETTINGS_FORMAT = 2  # settings of format 1 lacked the sampler and the pruner, and could not rebuild a study
+
+
 def study_settings(spec: StudySpec, fingerprint: str | None) -> dict[str, Any]:
-    """The settings a study is held to; fingerprint None when the command did not read the data."""
+    """Everything a study is held to, as stored at its creation; fingerprint None when the command did
+    not read the data. Every later command rebuilds the study's spec from this (search.truth)."""
     data = dataclasses.asdict(spec.data)
     if data["source"] != "phantom":
         data["source"] = str(Path(data["source"]).expanduser().resolve())
     return {
+        "format": SETTINGS_FORMAT,
         "data": data,
         "data_fingerprint": fingerprint,
         "train": _learning_fields(spec.train, tuple(spec.space)),
         "baseline": _learning_fields(spec.baseline),
         "space": {k: dataclasses.asdict(p) for k, p in spec.space.items()},
+        "sampler": dataclasses.asdict(spec.sampler),
+        "pruner": dataclasses.asdict(spec.pruner),
     }
 
 
-def _differences(stored: Any, given: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def differences(stored: Any, given: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted field, stored, given) for every leaf that differs; JSON round trip so tuples equal lists."""
     stored, given = json.loads(json.dumps(stored)), json.loads(json.dumps(given))
     if isinstance(stored, dict) and isinstance(given, dict):
         out = []
         for key in sorted(set(stored) | set(given), key=str):
-            out += _differences(stored.get(key), given.get(key), f"{prefix}.{key}" if prefix else str(key))
+            out += differences(stored.get(key), given.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if stored == given else [(prefix, stored, given)]
 
@@ -94,16 +101,16 @@ def check_settings(
             "with --set study.name=<new name>"
         )
     same_data = None not in fingerprints  # and equal: the same data, wherever it lies now
-    for field, was, now in _differences(stored, given):
+    for field, was, now in differences(stored, given):
         if field.split(".")[0] in ignore or field == "data_fingerprint" or (field == "data.source" and same_data):
             continue
         raise BoneAgeError(
-            f"study '{study.study_name}' was created with {field} = {_show(was)}, this command gives "
-            f"{_show(now)}; drop the change, or start a new study with --set study.name=<new name>"
+            f"study '{study.study_name}' was created with {field} = {show_value(was)}, this command gives "
+            f"{show_value(now)}; drop the change, or start a new study with --set study.name=<new name>"
         )
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     return "(not set)" if value is None else json.dumps(value)
 
 

@@ -43,8 +43,7 @@ from boneage_core.metrics import (
     verdict,
 )
 from boneage_core.train import FitResult, fit, predict_months
-from search.figures import NAMES
-from search.files import finite, write_atomic, write_json
+from search.files import write_atomic
 from search.record import (
     VAL_PREDICTIONS_ATTR,
     check_settings,
@@ -55,11 +54,26 @@ from search.record import (
     record_skipped,
     study_settings,
 )
-from search.report import save_study_note
-from search.space import ParamSpec, config_from_params
+from search.results import (
+    Comparison,
+    Correction,
+    Difference,
+    MaeEstimate,
+    Member,
+    RecipeScore,
+    RetrainResult,
+    from_json,
+    store,
+    to_json,
+    to_text,
+)
+from search.space import config_from_params
 from search.specs import StudySpec
-from search.study import attach_files, name_the_metric
+from search.study import attach_files
+from search.truth import StudyRef
 
+# Every recipe retrain can score, in the order every table and figure lists them
+RECIPES = ("best", "best_corrected", "ensemble", "ensemble_corrected", "baseline")
 # Comparisons beyond best minus seed recipe (the verdict), each (a, b) for a minus b, where both exist:
 # the final models against the seed recipe, the ensemble against its best member, each bias correction
 # against the same models uncorrected (before and after).
@@ -74,15 +88,15 @@ COMPARED = (
 
 
 @dataclasses.dataclass
-class Member:
-    """One of the top-k configurations: its rank, trial, val MAE, params and the config retrain trains."""
+class Candidate:
+    """One of the top-k configurations to train: its rank, trial, val MAE, params and config."""
 
     rank: int  # 1 is the best trial
     trial: int
     val_mae_months: float
     params: dict[str, Any]
     config: TrainConfig
-    val_pred_months: list[float] | None  # the trial's own val predictions (None in studies from before them)
+    val_pred_months: list[float] | None  # the trial's own val predictions
 
     @property
     def name(self) -> str:
@@ -97,23 +111,16 @@ class Recipes:
     configs: dict[str, TrainConfig]
     best_trial: int
     overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from --set
-    seed_recipe_modified: dict[str, list[Any]]  # every change to the seed recipe as the study file defines it
-    members: list[Member] = dataclasses.field(default_factory=list)  # top-k, best first
+    seed_recipe_modified: dict[str, list[Any]]  # retrain's --set baseline.* against the study's seed recipe
+    members: list[Candidate] = dataclasses.field(default_factory=list)  # top-k, best first
 
 
-def stored_space(study: optuna.Study, spec: StudySpec) -> dict[str, ParamSpec]:
-    stored = study.user_attrs.get("settings", {}).get("space")
-    if stored is None:
-        return spec.space
-    return {k: ParamSpec(**{**v, "choices": tuple(v.get("choices", ()))}) for k, v in stored.items()}
-
-
-def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+def top_trials(study: optuna.Study, k: int, run_hint: str = "python -m search run") -> list[optuna.trial.FrozenTrial]:
     """The k best completed trials with distinct parameters, best first (the study's best trial leads;
     a configuration drawn twice counts once, by its better value)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not done:
-        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `python -m search run` first")
+        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `{run_hint}` first")
     best = study.best_trial
     ranked = [best] + sorted((t for t in done if t.number != best.number), key=lambda t: (t.value, t.number))
     distinct: dict[str, optuna.trial.FrozenTrial] = {}
@@ -127,10 +134,13 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return list(distinct.values())[:k]
 
 
-def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec, space: dict[str, ParamSpec]) -> TrainConfig:
+def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
     """A trial's config rebuilt from what it recorded, through suggest_config on a FixedTrial of its params."""
     recorded = trial.user_attrs.get("config")
-    return config_from_params(trial.params, make_config(recorded) if recorded else spec.train, space)
+    if recorded is None:
+        raise BoneAgeError(f"trial {trial.number} recorded no config: it was not run by `python -m search run`")
+    runtime = {k: getattr(spec.train, k) for k in RUNTIME_FIELDS}  # where this command runs, not where it did
+    return config_from_params(trial.params, make_config({**recorded, **runtime}), spec.space)
 
 
 def recipes(
@@ -139,31 +149,29 @@ def recipes(
     train_overrides: dict[str, Any],
     baseline_overrides: dict[str, Any] | None = None,
     top_k: int = 1,
+    run_hint: str = "python -m search run",
 ) -> Recipes:
     """The best trial rebuilt from the config that trial itself recorded (through suggest_config on a
     FixedTrial of its params, so search and retrain read parameters alike), the next top_k - 1 distinct
-    configurations alike, and the seed recipe the study recorded at its creation. --set train.* changes
-    the tuned recipes (the best and the ensemble's members) only and --set baseline.* the seed recipe
-    only; runtime fields (device) apply to all. spec is the study file without those --set values.
-    Every change is returned, to be recorded and shown."""
-    space = stored_space(study, spec)
-    trials = top_trials(study, top_k)
+    configurations alike, and the study's seed recipe. --set train.* changes the tuned recipes (the best
+    and the ensemble's members) only and --set baseline.* the seed recipe only; runtime fields (device)
+    apply to all. spec is the study's own (search.truth). Every change is returned, to be recorded and
+    shown."""
+    trials = top_trials(study, top_k, run_hint)
     members = []
     for rank, t in enumerate(trials, start=1):
-        cfg = make_config(train_overrides, _trial_config(t, spec, space))
+        cfg = make_config(train_overrides, _trial_config(t, spec))
         val_pred = t.user_attrs.get(VAL_PREDICTIONS_ATTR)
-        members.append(Member(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
-    best = _trial_config(trials[0], spec, space)
+        members.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
+    best = _trial_config(trials[0], spec)
     runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}
-    recorded_seed = study.user_attrs.get("settings", {}).get("baseline")
-    seed_base = make_config({**recorded_seed, "device": spec.baseline.device}) if recorded_seed else spec.baseline
-    seed_used = make_config({**runtime, **(baseline_overrides or {})}, seed_base)
+    seed_used = make_config({**runtime, **(baseline_overrides or {})}, spec.baseline)
+    changed = config_changes(spec.baseline, seed_used)
     return Recipes(
         configs={"best": members[0].config, "baseline": seed_used},
         best_trial=trials[0].number,
-        overrides={"best": config_changes(best, members[0].config), "baseline": config_changes(seed_base, seed_used)},
-        # against the study file's [baseline]: changes made when the study was created and here
-        seed_recipe_modified=config_changes(spec.baseline, seed_used),
+        overrides={"best": config_changes(best, members[0].config), "baseline": changed},
+        seed_recipe_modified=changed,
         members=members,
     )
 
@@ -184,7 +192,11 @@ def _write_predictions(path: Path, test: Split, pred: np.ndarray) -> None:
     write_atomic(path, frame.round({"pred_months": 3}).to_csv(index=False))
 
 
-def recipe_statistics(preds: np.ndarray, test: Split) -> dict[str, Any]:
+def _mae(preds: np.ndarray, test: Split) -> MaeEstimate:
+    return MaeEstimate(**seed_aware_mae(preds, test.age_months))
+
+
+def recipe_score(preds: np.ndarray, test: Split, **what: Any) -> RecipeScore:
     """One recipe's test figures from its (seeds, images) predictions: every metric as mean and SD over
     seeds, the MAE's two-stage bootstrap CI (seeds, then images), and the seed ensemble (the average of
     the seeds' predictions) as a separate, labelled model."""
@@ -192,17 +204,19 @@ def recipe_statistics(preds: np.ndarray, test: Split) -> dict[str, Any]:
     over_seeds = summarize_seeds(per_seed)
     ensemble = preds.mean(axis=0)
     ens_abs = np.abs(ensemble - test.age_months)
-    return {
-        "mae": seed_aware_mae(preds, test.age_months),
-        "mae_per_seed": [m["mae_months"] for m in per_seed],
-        "metrics_mean": over_seeds["mean"],
-        "metrics_sd": over_seeds["sd"],
-        "metrics_per_seed": per_seed,
-        "ensemble": {
+    return RecipeScore(
+        mae=_mae(preds, test),
+        mae_per_seed=[m["mae_months"] for m in per_seed],
+        metrics_mean=over_seeds["mean"],
+        metrics_sd=over_seeds["sd"],
+        metrics_per_seed=per_seed,
+        seed_ensemble={
             **regression_metrics(ensemble, test.age_months, test.male),
             **dict(zip(("mae_ci_low", "mae_ci_high"), bootstrap_ci(ens_abs), strict=True)),
         },
-    }
+        pred_months=np.round(preds, 3).tolist(),
+        **what,
+    )
 
 
 def _train_seeds(
@@ -234,10 +248,10 @@ def _train_seeds(
     return np.array(preds), np.array(tta_preds), np.array(raw_preds)
 
 
-def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, dict[str, Any]]:
+def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, Correction]:
     """Slope and intercept for the best recipe and (with top-k) the ensemble, each fitted on the val
     predictions its trials made when they were searched: images those models never trained on. A
-    BoneAgeError, before anything trains, where the study lacks them or --set changed the recipe."""
+    BoneAgeError, before anything trains, where --set changed the recipe."""
     if plan.overrides["best"]:
         raise BoneAgeError(
             "--bias-correction fits its line on the trials' own val predictions, which a --set train.* change "
@@ -245,48 +259,43 @@ def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, dict[st
         )
     for m in plan.members:
         if m.val_pred_months is None or len(m.val_pred_months) != len(val_months):
-            raise BoneAgeError(
-                f"--bias-correction: trial {m.trial} has no val predictions recorded (studies searched before "
-                "they were recorded lack them); search a new study, or retrain without --bias-correction"
-            )
+            raise BoneAgeError(f"--bias-correction: trial {m.trial} recorded no val prediction for every val image")
     best = np.array(plan.members[0].val_pred_months)
-    out = {"best": {**linear_correction(best, val_months), "trials": [plan.best_trial]}}
+    out = {"best": Correction(**linear_correction(best, val_months), trials=[plan.best_trial])}
     if len(plan.members) > 1:
         ensemble = np.mean([m.val_pred_months for m in plan.members], axis=0)
-        out["ensemble"] = {**linear_correction(ensemble, val_months), "trials": [m.trial for m in plan.members]}
+        out["ensemble"] = Correction(**linear_correction(ensemble, val_months), trials=[m.trial for m in plan.members])
     return out
 
 
 def _tuned_models(
-    plan: Recipes, seeds: int, data: SplitsBySize, ckpt_dir: Path, out_dir: Path, tta: bool, quiet: bool
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Each top-k member trained (the best first; with top_k 1 only the best), its predictions written;
-    the members' entries for retrain.json (trial, val MAE, params, test MAE, wall time)."""
+    plan: Recipes, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[Member]]:
+    """Each top-k member trained (the best first; with top_k 1 only the best)."""
     test = data.split(plan.configs["best"].image_size, "test")
     preds, tta_preds, members = {}, {}, []
     for m in plan.members:
         start = time.perf_counter()
-        label = NAMES["best"] if m.rank == 1 else f"top-{m.rank} trial {m.trial}"
+        label = "best" if m.rank == 1 else f"top-{m.rank} trial {m.trial}"
         preds[m.name], tta_preds[m.name], _ = _train_seeds(m.name, label, m.config, seeds, data, ckpt_dir, tta, quiet)
-        for k, p in enumerate(preds[m.name]):
-            _write_predictions(out_dir / f"predictions_{m.name}_seed{k}.csv", test, p)
         members.append(
-            {
-                "rank": m.rank,
-                "trial": m.trial,
-                "val_mae_months": m.val_mae_months,
-                "params": m.params,
-                "config": m.config.to_dict(),
-                "mae": seed_aware_mae(preds[m.name], test.age_months),
-                "mae_per_seed": np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
-                "wall_time_s": round(time.perf_counter() - start, 1),
-            }
+            Member(
+                rank=m.rank,
+                trial=m.trial,
+                val_mae_months=m.val_mae_months,
+                params=m.params,
+                config=m.config.to_dict(),
+                mae=_mae(preds[m.name], test),
+                mae_per_seed=np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
+                wall_time_s=round(time.perf_counter() - start, 1),
+                pred_months=np.round(preds[m.name], 3).tolist(),
+            )
         )
     return preds, tta_preds, members
 
 
 def _derived(
-    preds: dict[str, np.ndarray], tta_preds: dict[str, np.ndarray], plan: Recipes, corrections: dict[str, Any]
+    preds: dict[str, np.ndarray], tta_preds: dict[str, np.ndarray], plan: Recipes, corrections: dict[str, Correction]
 ) -> None:
     """The final models built from trained ones, added in place: the top-k ensemble (for each seed k,
     the average of every member's seed-k model) and each bias-corrected model."""
@@ -296,54 +305,15 @@ def _derived(
         if all(len(tta_preds[n]) for n in names):
             tta_preds["ensemble"] = np.mean([tta_preds[n] for n in names], axis=0)
     for name, line in corrections.items():
-        preds[f"{name}_corrected"] = apply_correction(preds[name], line)
+        preds[f"{name}_corrected"] = apply_correction(preds[name], dataclasses.asdict(line))
         if len(tta_preds.get(name, [])):
-            tta_preds[f"{name}_corrected"] = apply_correction(tta_preds[name], line)
-
-
-def _summary_head(
-    spec: StudySpec, plan: Recipes, data: SplitsBySize, seeds: int, tta: bool, command: dict[str, Any]
-) -> dict[str, Any]:
-    """What retrain.json says before any figure: what was trained on which images, and how."""
-    size = spec.train.image_size  # the same rows at any size: for counts and labels
-    test = data.split(size, "test")
-    return {
-        "study": spec.name,
-        "best_trial": plan.best_trial,
-        "n_trainval": len(data.split(size, "train", "val")),
-        "n_test": len(test),
-        "seeds": seeds,
-        "tta": tta,
-        "top_k": len(plan.members),
-        "overrides": plan.overrides,
-        "seed_recipe_modified": plan.seed_recipe_modified,
-        "group_n": group_counts(test.age_months, test.male),
-        "data_fingerprint": data.fingerprint(),
-        "command": command,
-        "recipes": {},
-    }
-
-
-def _entry(name: str, plan: Recipes, preds, tta_preds, test: Split, members: list[dict[str, Any]]) -> dict[str, Any]:
-    """One recipe's row of retrain.json: what it is (a config, or the trials it averages), its test
-    statistics, flip TTA where run, and the training time it took."""
-    if name in ("best", "baseline"):
-        what: dict[str, Any] = {"config": plan.configs[name].to_dict()}
-    else:
-        what = {"trials": [m["trial"] for m in members] if name.startswith("ensemble") else [plan.best_trial]}
-    entry = {**what, **recipe_statistics(preds[name], test)}
-    if len(tta_preds.get(name, [])):
-        entry["tta_flip"] = {"mae": seed_aware_mae(tta_preds[name], test.age_months)}
-    if name == "best":
-        entry["wall_time_s"] = members[0]["wall_time_s"]
-    elif name == "ensemble":  # every member's training, the best's included
-        entry["wall_time_s"] = round(sum(m["wall_time_s"] for m in members), 1)
-    return entry
+            tta_preds[f"{name}_corrected"] = apply_correction(tta_preds[name], dataclasses.asdict(line))
 
 
 def retrain(
     spec: StudySpec,
     study: optuna.Study,
+    ref: StudyRef,
     seeds: int = 3,
     tta: bool = False,
     train_overrides: dict[str, Any] | None = None,
@@ -352,20 +322,18 @@ def retrain(
     checkpoint_dir: Path = Path("checkpoints"),
     quiet: bool = False,
     argv: list[str] | None = None,
-    url: str | None = None,
     top_k: int = 1,
     bias_correction: bool = False,
-) -> dict[str, Any]:
+) -> RetrainResult:
     """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
-    seed recipe, K seeds each, on the study's data, which must match the study's settings (the seed
-    recipe is the study's own, changed only by baseline_overrides). bias_correction adds each tuned
-    model corrected by a line fitted on its trials' val predictions. The command (argv) is recorded in
-    the study before training; the outcome goes to results/<study>/retrain.json and, in short, to the
-    study's 'retrain' attr (what status shows) and its note in optuna-dashboard. With the study's url,
-    retrain.json and the prediction files are attached to the study as artifacts."""
+    study's seed recipe (changed only by baseline_overrides), K seeds each, on the study's data. spec is
+    the study's own (search.truth). bias_correction adds each tuned model corrected by a line fitted on
+    its trials' val predictions. The command (argv) is recorded in the study before training; the
+    result is stored in the study (search.results), the only copy every view reads; the prediction files
+    and retrain.json in results/<study>/ are copies, attached to the study as artifacts."""
     data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
-    check_settings(study, study_settings(spec, data.fingerprint()), ignore=("baseline",))
-    plan = recipes(study, spec, train_overrides or {}, baseline_overrides, top_k)
+    check_settings(study, study_settings(spec, data.fingerprint()), store=False)
+    plan = recipes(study, spec, train_overrides or {}, baseline_overrides, top_k, ref.hint("run"))
     val_months = data.split(spec.train.image_size, "val").age_months
     corrections = bias_corrections(plan, val_months) if bias_correction else {}
     command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
@@ -373,57 +341,76 @@ def retrain(
     record_skipped(study, data.skipped())
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
-    summary = _summary_head(spec, plan, data, seeds, tta, command)
-    preds, tta_preds, summary["members"] = _tuned_models(plan, seeds, data, ckpt_dir, out_dir, tta, quiet)
+    preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)
     start = time.perf_counter()
     preds["baseline"], tta_preds["baseline"], raw = _train_seeds(
-        "baseline", NAMES["baseline"], plan.configs["baseline"], seeds, data, ckpt_dir, tta, quiet
+        "baseline", "seed recipe", plan.configs["baseline"], seeds, data, ckpt_dir, tta, quiet
     )
     seed_wall = round(time.perf_counter() - start, 1)
     _derived(preds, tta_preds, plan, corrections)
-    if corrections:
-        summary["bias_correction"] = corrections
-    _score(summary, plan, preds, tta_preds, test, out_dir)
-    summary["recipes"]["baseline"]["wall_time_s"] = seed_wall
-    if len(raw):  # the seed recipe evaluated exactly as the seed project did
-        summary["recipes"]["baseline"]["without_bn_reestimation"] = {"mae": seed_aware_mae(raw, test.age_months)}
-    summary = finite(summary)
-    _record(study, summary, out_dir, url)
-    return summary
+    scores = {}
+    for name in (n for n in RECIPES if n in preds):  # best, its correction, the ensemble, its correction, seed
+        what: dict[str, Any] = {}
+        if name in ("best", "baseline"):
+            what["config"] = plan.configs[name].to_dict()
+        else:
+            what["trials"] = [m.trial for m in members] if name.startswith("ensemble") else [plan.best_trial]
+        if len(tta_preds.get(name, [])):
+            what["tta_flip"] = _mae(tta_preds[name], test)
+        if name == "best":
+            what["wall_time_s"] = members[0].wall_time_s
+        elif name == "ensemble":  # every member's training, the best's included
+            what["wall_time_s"] = round(sum(m.wall_time_s for m in members), 1)
+        elif name == "baseline":
+            what["wall_time_s"] = seed_wall
+            if len(raw):  # the seed recipe evaluated exactly as the seed project did
+                what["without_bn_reestimation"] = _mae(raw, test)
+        scores[name] = recipe_score(preds[name], test, **what)
+    result = RetrainResult(
+        study=spec.name,
+        best_trial=plan.best_trial,
+        n_trainval=len(data.split(spec.train.image_size, "train", "val")),
+        seeds=seeds,
+        tta=tta,
+        top_k=len(plan.members),
+        test_ids=[str(i) for i in test.ids],
+        test_age_months=[float(a) for a in test.age_months],
+        test_male=[bool(m) for m in test.male],
+        group_n=group_counts(test.age_months, test.male),
+        data_fingerprint=data.fingerprint(),
+        recipes=scores,
+        members=members,
+        best_minus_baseline=comparison(preds["best"], preds["baseline"], test),
+        comparisons={
+            f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
+        },
+        overrides=plan.overrides,
+        seed_recipe_modified=plan.seed_recipe_modified,
+        bias_correction=corrections,
+        command=command,
+        best_minus_baseline_tta_flip=comparison(tta_preds["best"], tta_preds["baseline"], test) if tta else None,
+    )
+    result = from_json(RetrainResult, to_json(result))  # as every reader will see it: NaN as None
+    store(study, result)
+    _write_copies(study, result, out_dir, ref.url)
+    return result
 
 
-def _score(summary: dict[str, Any], plan: Recipes, preds, tta_preds, test: Split, out_dir: Path) -> None:
-    """Every recipe's entry and every comparison into summary; the prediction files of the models built
-    from trained ones (the members' were written as they finished)."""
-    members = {m.name for m in plan.members}
-    for name in (n for n in NAMES if n in preds):  # best, its correction, the ensemble, its correction, seed
-        if name not in members:
-            for k, p in enumerate(preds[name]):
-                _write_predictions(out_dir / f"predictions_{name}_seed{k}.csv", test, p)
-        summary["recipes"][name] = _entry(name, plan, preds, tta_preds, test, summary["members"])
-    summary["best_minus_baseline"] = comparison(preds["best"], preds["baseline"], test)
-    summary["comparisons"] = {
-        f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
-    }
-    if summary["tta"]:
-        summary["best_minus_baseline_tta_flip"] = comparison(tta_preds["best"], tta_preds["baseline"], test)
-
-
-def _record(study: optuna.Study, summary: dict[str, Any], out_dir: Path, url: str | None) -> None:
-    """retrain.json; in the study, the outcome in short (what status shows), the dashboard note and,
-    with the study's url, retrain.json and the predictions as artifacts."""
-    write_json(out_dir / "retrain.json", summary)
-    short = {n: {k: r[k] for k in ("mae", "config", "trials") if k in r} for n, r in summary["recipes"].items()}
-    study.set_user_attr("retrain", {**{k: v for k, v in summary.items() if k != "recipes"}, "recipes": short})
-    name_the_metric(study)
-    save_study_note(study, summary)
-    if url is not None:
-        attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])
+def _write_copies(study: optuna.Study, result: RetrainResult, out_dir: Path, url: str) -> None:
+    """results/<study>/: retrain.json and a prediction file per recipe and seed, copies of the stored
+    result for other tools, attached to the study as artifacts for optuna-dashboard."""
+    write_atomic(out_dir / "retrain.json", to_text(result))
+    test = pd.DataFrame({"id": result.test_ids, "age_months": result.test_age_months, "male": result.test_male})
+    preds = {m.name: m.pred_months for m in result.members} | {n: r.pred_months for n, r in result.recipes.items()}
+    for name, pred in preds.items():
+        for k, p in enumerate(pred):
+            write_atomic(out_dir / f"predictions_{name}_seed{k}.csv", test.assign(pred_months=p).to_csv(index=False))
+    attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])
 
 
 def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
     """results/<study>/ and checkpoints/<study>/, made; the prediction files of an earlier retrain with
-    more seeds removed, so the report never mixes two retrains."""
+    more seeds removed, so the folder never mixes two retrains."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -434,9 +421,9 @@ def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
     return out_dir, ckpt_dir
 
 
-def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> dict[str, Any]:
-    """Best minus seed recipe on the same test images: the seed-aware paired difference and its verdict,
-    and, labelled apart, the difference of the two seed ensembles (a CI over images only)."""
+def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> Comparison:
+    """A minus B on the same test images: the seed-aware paired difference and its verdict, and,
+    labelled apart, the difference of the two seed ensembles (a CI over images only)."""
     d = paired_seed_aware_difference(best, seed_recipe, test.age_months)
     ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(seed_recipe.mean(0) - test.age_months))
-    return {**d, "verdict": verdict(d), "ensembles": ens}
+    return Comparison(**d, verdict=verdict(d), ensembles=Difference(**ens))

@@ -1,12 +1,14 @@
-"""Study definitions: studies/NAME.toml (or a path) plus --set overrides -> a checked StudySpec."""
+"""Study definitions: studies/NAME.toml (or a path, or the packaged search/studies/NAME.toml) plus --set
+overrides -> a checked StudySpec."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ from boneage_core.config import (
 from boneage_core.errors import BoneAgeError
 from search.space import ParamSpec, parse_space
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 SECTIONS = ("data", "train", "space", "sampler", "pruner", "baseline", "study")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
@@ -76,8 +77,6 @@ class StudySpec:
     baseline: TrainConfig  # the seed recipe: SEED_RECIPE with [baseline] applied, never [train]
     heartbeat_interval_s: int
     grace_period_s: int
-    # {field: [TOML value, --set value]}: how --set baseline.* modified the study file's seed recipe
-    baseline_changes: dict[str, list[Any]] = field(default_factory=dict)
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -94,21 +93,31 @@ def check_study_name(name: str, where: str) -> str:
     return name
 
 
+def packaged_studies() -> Path:
+    """The folder of study files this package ships (search/studies/, package data), as a real path:
+    an installed wheel has it as much as a checkout does."""
+    folder = importlib.resources.files("search") / "studies"
+    if not isinstance(folder, Path):  # a zipped install: nothing on disk to read or show
+        raise BoneAgeError(f"the packaged studies are not files on disk ({folder}); install search unzipped")
+    return folder
+
+
 def find_study_file(study: str) -> Path:
     """A path to a TOML file, or a name: ./studies/NAME.toml of the current directory when it exists
-    (the copy a user edits), else the one this package ships."""
+    (the copy a user edits), else the one this package ships (search/studies/NAME.toml)."""
     candidate = Path(study)
     if candidate.suffix == ".toml" or "/" in study:
         if not candidate.is_file():
             raise BoneAgeError(f"study file {candidate} does not exist")
         return candidate
     check_study_name(study, "--study")
-    for folder in (Path("studies"), STUDIES_DIR):
+    folders = (Path("studies"), packaged_studies())
+    for folder in folders:
         if (folder / f"{study}.toml").is_file():
             return folder / f"{study}.toml"
-    known = sorted({p.stem for folder in (Path("studies"), STUDIES_DIR) for p in folder.glob("*.toml")})
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.toml")})
     raise BoneAgeError(
-        f"unknown study '{study}': no studies/{study}.toml here or in {STUDIES_DIR}; "
+        f"unknown study '{study}': no studies/{study}.toml here or in {folders[1]}; "
         f"known studies: {', '.join(known) or 'none'}"
     )
 
@@ -160,7 +169,7 @@ def read_section(table: Any, cls: type, where: str):
     return cls(**table)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -172,14 +181,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | None = None) -> StudySpec:
-    """The study file with --set overrides (and --data) applied, every section checked."""
+    """The study file with --set overrides (and --data) applied, every section checked: what a new study
+    is created from. An existing study is read back from its storage instead (search.truth)."""
     path = find_study_file(study)
-    from_file = _read_toml(path)
-    data_override = [f"data.source={data_dir!r}"] if data_dir else []
-    raw = apply_overrides(copy.deepcopy(from_file), [*(overrides or []), *data_override])
+    raw = apply_given(copy.deepcopy(read_toml(path)), overrides, data_dir)
+    return spec_from_raw(raw, path)
+
+
+def apply_given(raw: dict[str, Any], overrides: list[str] | None, data_dir: str | None) -> dict[str, Any]:
+    """--set items, then --data DIR as data.source (set as given: no quoting can mangle the path)."""
+    raw = apply_overrides(raw, list(overrides or []))
+    if data_dir:
+        if not isinstance(raw.setdefault("data", {}), dict):
+            raise BoneAgeError("[data] must be a table")
+        raw["data"]["source"] = data_dir
+    return raw
+
+
+def spec_from_raw(raw: dict[str, Any], path: Path | None, name: str | None = None) -> StudySpec:
+    """A TOML-shaped dict (a study file with --set applied, or a stored study's settings) as a checked
+    StudySpec. name: the study's name where no file gives it."""
+    where = path or Path(f"{name}.toml")
     for section in raw:
         if section not in SECTIONS:
-            raise BoneAgeError(f"{path}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+            raise BoneAgeError(f"{where}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
     data = _data_settings(raw.get("data", {}))
     train_values = {k: coerce_field(k, v) for k, v in raw.get("train", {}).items()}
     if "image_size" in train_values:
@@ -187,16 +212,10 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
     train = make_config({**train_values, "image_size": data.image_size})
     space = _space(raw.get("space", {}), train)
     baseline = seed_recipe(raw.get("baseline", {}), data.image_size, train)
-    baseline_in_file = seed_recipe(from_file.get("baseline", {}), data.image_size, train)
-    changes = {
-        k: [v, getattr(baseline, k)]
-        for k, v in baseline_in_file.to_dict().items()
-        if v != getattr(baseline, k) and k != "device"
-    }
-    options = _study_options(raw.get("study", {}), path)
+    options = _study_options(raw.get("study", {}), where)
     return StudySpec(
         name=options.name,
-        path=path,
+        path=where,
         data=data,
         train=train,
         space=space,
@@ -205,7 +224,6 @@ def load_spec(study: str, overrides: list[str] | None = None, data_dir: str | No
         baseline=baseline,
         heartbeat_interval_s=options.heartbeat_interval,
         grace_period_s=options.grace_period,
-        baseline_changes=changes,
     )
 
 

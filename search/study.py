@@ -252,9 +252,15 @@ def _rdb_storage_retrying(url: str, engine_kwargs: dict, kwargs: dict, attempts:
     raise AssertionError("unreachable")
 
 
-def load_existing_study(name: str, url: str, read_only: bool = False) -> optuna.Study:
+def load_existing_study(
+    name: str, url: str, read_only: bool = False, run_hint: str = "python -m search run"
+) -> optuna.Study:
     """A study that must already exist (status, report, baseline, retrain): a missing storage or study
-    is one line, and no file or directory is created for it. read_only for commands that only read."""
+    is one line naming the command that makes it, and no file or directory is created for it.
+    read_only for commands that only read."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise BoneAgeError(f"no study storage at {path}: create the study with `{run_hint}`, or pass --storage")
     storage = open_storage(url, create=False, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -267,7 +273,7 @@ def load_existing_study(name: str, url: str, read_only: bool = False) -> optuna.
         names = sorted(s.study_name for s in storage.get_all_studies())
         held = f"it holds {', '.join(names)}" if names else "it holds no study"
         raise BoneAgeError(
-            f"no study '{name}' in {redact(url)} ({held}): run `python -m search run` first, or pass --study/--storage"
+            f"no study '{name}' in {redact(url)} ({held}): create it with `{run_hint}`, or pass --study/--storage"
         ) from None
 
 

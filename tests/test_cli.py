@@ -217,9 +217,12 @@ def test_a_deeply_nested_study_file_is_one_line(tmp_path, capsys):
     ],
 )
 def test_bad_study_file_is_one_line_and_exit_2(tmp_path, text, fragments, capsys):
+    """The study file is read in full to create a study (run); the commands that read an existing study
+    take its settings from the study, and need the file only for its name."""
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    assert_one_line_error(run_main("status", "--study", str(path), cwd=tmp_path, capsys=capsys), *fragments)
+    assert_one_line_error(run_main("run", "--study", str(path), cwd=tmp_path, capsys=capsys), *fragments)
+    assert not (tmp_path / "studies").exists()  # nothing made for a study that could not be created
 
 
 def test_a_seed_recipe_that_cannot_train_is_refused_before_the_search(tmp_path, capsys, monkeypatch):

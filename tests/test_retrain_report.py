@@ -25,8 +25,9 @@ from boneage_core.config import DataSettings, TrainConfig
 from boneage_core.dataset import prepare
 from boneage_core.metrics import apply_correction, bootstrap_ci, linear_correction, paired_mae_difference, verdict
 from search.figures import FIGURES
-from search.retrain import Member, Recipes, bias_corrections, recipes
-from search.specs import load_spec
+from search.results import load_baseline, load_retrain
+from search.retrain import Candidate, Recipes, bias_corrections, recipes
+from search.truth import spec_from_study, study_ref
 from tests.conftest import REPO, assert_one_line_error, load, main_ok, run_main
 
 
@@ -55,7 +56,8 @@ def searched(tmp_path, study, capsys):
 
 def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
-    spec = load_spec(str(searched), ["train.epochs=7"])  # the TOML changed since: the study's record wins
+    searched.write_text(searched.read_text().replace("epochs = 2", "epochs = 7"))  # edited since: ignored
+    spec = spec_from_study(s, study_ref(str(searched), f"sqlite:///{tmp_path}/studies/tiny.db", []), [])
     best = recipes(s, spec, {}).configs["best"]
     assert best.to_dict() == s.best_trial.user_attrs["config"]
     plan = recipes(s, spec, {"epochs": 1})  # an explicit --set train.* changes the best recipe on purpose
@@ -66,11 +68,14 @@ def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     assert modified.configs["best"] == best
 
 
-def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study, capsys):
-    (tmp_path / "studies").mkdir()
-    optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study, capsys, monkeypatch):
+    from search.run import _open_for_search
+    from search.specs import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    _open_for_search(load_spec(str(study)), "sqlite:///studies/tiny.db", quiet=True, index=0)  # created, no trial
     r = run_main("retrain", "--study", str(study), cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "no completed trial")
+    assert_one_line_error(r, "no completed trial", f"python -m search run --study {study}")
 
 
 class _Page(HTMLParser):
@@ -107,14 +112,14 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     after = json.loads(torch.load(ckpt, weights_only=True)["history"])
     assert len(after) == 3
     assert after[: len(before)] == before  # the epochs before the kill were not trained again
-    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    out = load_retrain(load(tmp_path))
     for name in ("best", "baseline"):
-        e = out["recipes"][name]
-        assert len(e["mae_per_seed"]) == 2 and e["mae"]["ci_low"] <= np.mean(e["mae_per_seed"]) <= e["mae"]["ci_high"]
-        assert "tta_flip" in e
+        e = out.recipes[name]
+        assert len(e.mae_per_seed) == 2 and e.mae.ci_low <= np.mean(e.mae_per_seed) <= e.mae.ci_high
+        assert e.tta_flip is not None
     preds = (tmp_path / "results" / "tiny" / "predictions_best_seed1.csv").read_text().splitlines()
-    assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out["n_test"] == 7
-    assert f"on the same {out['n_test']} test images" in r.stdout and "seed recipe" in r.stdout
+    assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out.n_test == 7
+    assert f"on the same {out.n_test} test images" in r.stdout and "seed recipe" in r.stdout
 
     main_ok("baseline", "--study", str(searched), "--quiet", cwd=tmp_path, capsys=capsys)
     main_ok("report", "--study", str(searched), cwd=tmp_path, capsys=capsys)
@@ -163,9 +168,9 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study, capsys
 
     one = ("--set", "train.epochs=1", "--seeds", "1", "--quiet")
     main_ok("retrain", "--study", str(study), *one, cwd=tmp_path, capsys=capsys)
-    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
-    assert out["recipes"]["best"]["config"]["image_size"] == s.best_trial.params["image_size"]
-    assert out["recipes"]["baseline"]["config"]["image_size"] == 32
+    out = load_retrain(load(tmp_path))
+    assert out.recipes["best"].config["image_size"] == s.best_trial.params["image_size"]
+    assert out.recipes["baseline"].config["image_size"] == 32
     ids = [
         [
             line.split(",")[0]
@@ -173,7 +178,7 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study, capsys
         ]
         for n in ("best", "baseline")
     ]
-    assert ids[0] == ids[1] and len(ids[0]) == 1 + out["n_test"]
+    assert ids[0] == ids[1] and len(ids[0]) == 1 + out.n_test
 
 
 def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path, study, capsys):
@@ -249,11 +254,10 @@ def test_the_report_page_shows_the_studys_numbers_and_draws_every_figure_offline
     for name, html in figures.items():  # plotly drew it: an SVG with traces in it
         assert "main-svg" in html and re.search(r'class="[^"]*\btrace\b', html), name
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
-    base = s.user_attrs["baseline"]
-    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    base, out = load_baseline(s), load_retrain(s)
     cells = re.findall(r"<td>(.*?)</td>", dom)
-    assert f"{s.best_value:.2f}" in cells and f"{base['val_mae_months']:.2f} ± {base['val_mae_sd']:.2f}" in cells
-    assert any(c.startswith(f"{out['recipes']['best']['mae']['mean']:.2f} ± ") for c in cells)
+    assert f"{s.best_value:.2f}" in cells and f"{base.val_mae_months:.2f} ± {base.val_mae_sd:.2f}" in cells
+    assert any(c.startswith(f"{out.recipes['best'].mae.mean:.2f} ± ") for c in cells)
     assert "<strong>Verdict</strong>" in dom
 
 
@@ -278,12 +282,13 @@ def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_
     argv = ("retrain", "--study", str(study), "--top-k", "2", "--bias-correction", "--seeds", "2", "--quiet")
     r = main_ok(*argv, cwd=tmp_path, capsys=capsys)
     res = tmp_path / "results" / "tiny"
-    out = json.loads((res / "retrain.json").read_text())
+    out = load_retrain(load(tmp_path))
+    assert json.loads((res / "retrain.json").read_text())["top_k"] == 2  # the copy beside the predictions
 
     done = sorted((t for t in s.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    assert [m["trial"] for m in out["members"]] == [t.number for t in done[:2]]  # the two best, best first
-    assert out["members"][0]["params"] != out["members"][1]["params"] and out["top_k"] == 2
-    assert list(out["recipes"]) == ["best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"]
+    assert [m.trial for m in out.members] == [t.number for t in done[:2]]  # the two best, best first
+    assert out.members[0].params != out.members[1].params and out.top_k == 2
+    assert list(out.recipes) == ["best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"]
 
     def preds(name):
         return np.array([pd.read_csv(res / f"predictions_{name}_seed{k}.csv").pred_months for k in range(2)])
@@ -292,17 +297,17 @@ def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_
     assert np.allclose(preds("ensemble"), ensemble, atol=2e-3)
     val = prepare(DataSettings(source=str(phantom_src), image_size=32, phantom_n=40), splits=("val",)).split("val")
     trial_val = np.mean([t.user_attrs["val_pred_months"] for t in done[:2]], axis=0)
-    line = out["bias_correction"]["ensemble"]
+    line = out.bias_correction["ensemble"]
     slope, intercept = np.polyfit(trial_val, val.age_months, 1)  # fitted on val, never on test
-    assert line["slope"] == pytest.approx(slope, rel=1e-6) and line["intercept"] == pytest.approx(intercept, rel=1e-6)
+    assert line.slope == pytest.approx(slope, rel=1e-6) and line.intercept == pytest.approx(intercept, rel=1e-6)
     assert np.allclose(preds("ensemble_corrected"), slope * preds("ensemble") + intercept, atol=0.05)
-    for name, e in out["recipes"].items():
-        assert e["mae"]["ci_low"] <= e["mae"]["mean"] <= e["mae"]["ci_high"], name
-        assert e["mae"]["seeds"] == 2
-    for key, d in out["comparisons"].items():
-        assert d["verdict"] == verdict(d) and d["seeds_a"] == d["seeds_b"] == 2, key
+    for name, e in out.recipes.items():
+        assert e.mae.ci_low <= e.mae.mean <= e.mae.ci_high, name
+        assert e.mae.seeds == 2 and np.allclose(e.pred_months, preds(name), atol=1e-3)
+    for key, d in out.comparisons.items():
+        assert d.verdict == verdict(d.__dict__) and d.seeds_a == d.seeds_b == 2, key
     assert {"ensemble_minus_baseline", "ensemble_minus_best", "ensemble_corrected_minus_ensemble"} <= set(
-        out["comparisons"]
+        out.comparisons
     )
     assert "top-2 ensemble (trials" in r.stdout and "bias-corrected top-2 ensemble" in r.stdout
 
@@ -316,8 +321,8 @@ def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_
     assert len(ckpts) == 6  # best, top2 and the seed recipe, two seeds each
     main_ok("retrain", "--study", str(study), "--top-k", "2", "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")} == ckpts
-    again = json.loads((res / "retrain.json").read_text())
-    assert list(again["recipes"]) == ["best", "ensemble", "baseline"]  # no correction asked for this time
+    again = load_retrain(load(tmp_path))
+    assert list(again.recipes) == ["best", "ensemble", "baseline"]  # no correction asked for this time
     assert not list(res.glob("predictions_*corrected_seed*.csv"))  # nor left from the last retrain
 
 
@@ -334,12 +339,12 @@ def test_top_k_beyond_the_distinct_configurations_and_stale_corrections_are_one_
 
 def test_bias_correction_needs_the_trials_val_predictions():
     cfg = TrainConfig()
-    member = Member(rank=1, trial=3, val_mae_months=9.0, params={}, config=cfg, val_pred_months=None)
+    member = Candidate(rank=1, trial=3, val_mae_months=9.0, params={}, config=cfg, val_pred_months=None)
     plan = Recipes({"best": cfg, "baseline": cfg}, 3, {"best": {}, "baseline": {}}, {}, [member])
-    with pytest.raises(BoneAgeError, match="trial 3 has no val predictions"):
+    with pytest.raises(BoneAgeError, match="trial 3 recorded no val prediction"):
         bias_corrections(plan, np.arange(5.0))
     plan.members[0].val_pred_months = [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert bias_corrections(plan, np.arange(5.0) * 2)["best"]["slope"] == pytest.approx(2.0)
+    assert bias_corrections(plan, np.arange(5.0) * 2)["best"].slope == pytest.approx(2.0)
 
 
 def test_no_search_figure_is_wider_than_the_page_whatever_the_number_of_parameters():
@@ -350,7 +355,7 @@ def test_no_search_figure_is_wider_than_the_page_whatever_the_number_of_paramete
     s = optuna.create_study()
     names = ["lr", "batch_size", "aug_strength", "weight_decay", "dropout"]
     s.optimize(lambda t: sum(t.suggest_float(n, 0.1, 1.0) for n in names), n_trials=6)
-    figs = search_figures(s)
+    figs = search_figures(s, None)
     assert "slice" in figs and all(f.layout.width is None for f in figs.values()), {
         k: f.layout.width for k, f in figs.items()
     }

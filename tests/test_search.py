@@ -17,6 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.results import load_baseline
 from tests.conftest import REPO, assert_one_line_error, finished, load, main_ok, run_cli, run_main, start_run
 
 
@@ -243,30 +244,35 @@ def test_baseline_is_recorded_in_the_study_and_shown_by_status(tmp_path, study, 
 
     cli("run", "--trials", "2", "--quiet")
     cli("baseline", "--quiet")
-    base = load(tmp_path).user_attrs["baseline"]
-    assert base["config"]["epochs"] == 2
+    base = load_baseline(load(tmp_path))
+    assert base.config["epochs"] == 2
     # three seeds by default, the recorded figure is their mean, and the seeds really differ
-    per_seed = base["val_mae_per_seed"]
+    per_seed = base.val_mae_per_seed
     assert len(per_seed) == 3 and len(set(per_seed)) == 3
-    assert base["val_mae_months"] == pytest.approx(sum(per_seed) / 3)
-    assert base["mean_predictor_val_mae_months"] > min(per_seed)  # trained beats predicting the mean
+    assert base.val_mae_months == pytest.approx(sum(per_seed) / 3)
+    assert base.mean_predictor_val_mae_months > min(per_seed)  # trained beats predicting the mean
     status = cli("status").stdout
     states = [t.state.name.lower() for t in load(tmp_path).get_trials()]
     counted = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned") if states.count(s))
     assert f"study tiny: 2 trials: {counted} (target 2 finished" in status
-    assert f"seed recipe: val MAE {base['val_mae_months']:.2f} months, mean of 3 seed(s)" in status
+    assert f"seed recipe: val MAE {base.val_mae_months:.2f} months, mean of 3 seed(s)" in status
     assert f"({', '.join(f'{v:.2f}' for v in per_seed)}; SD " in status
     assert "best: trial" in status
     cli("baseline", "--seeds", "1", "--quiet")
-    assert load(tmp_path).user_attrs["baseline"]["val_mae_per_seed"] == per_seed[:1]  # seed 0 is seed 0
+    assert load_baseline(load(tmp_path)).val_mae_per_seed == per_seed[:1]  # seed 0 is seed 0
 
 
-def test_changed_search_space_is_refused_and_the_study_kept(tmp_path, study, capsys):
+def test_a_changed_search_space_is_refused_and_an_edited_file_ignored(tmp_path, study, capsys):
     main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
-    study.write_text(study.read_text().replace("high = 1e-2", "high = 1e-1"))
-    r = run_main("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    r = run_main(
+        "run", "--study", str(study), "--trials", "2", "--set", "space.lr.high=0.1", cwd=tmp_path, capsys=capsys
+    )
     assert_one_line_error(r, "space.lr.high = 0.01", "gives 0.1", "study.name")
     assert len(load(tmp_path).get_trials()) == 1
+    study.write_text(study.read_text().replace("high = 1e-2", "high = 1e-1"))
+    r = main_ok("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert "differs from the study's stored settings (space.lr.high)" in r.stdout  # said, and not used
+    assert load(tmp_path).get_trials()[1].distributions["lr"].high == 0.01
 
 
 def _free_port() -> int:
@@ -309,9 +315,9 @@ def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refu
         study_id = body["study_summaries"][0]["study_id"]
         detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}", proc)
         assert detail["objective_names"] == ["val MAE (months)"]
-        base = load(tmp_path).user_attrs["baseline"]
+        base = load_baseline(load(tmp_path))
         note = detail["note"]["body"]
-        assert f"seed recipe, mean ± SD over 2 seeds | {base['val_mae_months']:.2f}" in note
+        assert f"seed recipe, mean ± SD over 2 seeds | {base.val_mae_months:.2f}" in note
         assert "## Final test" in note and "| recipe | MAE (months) |" in note
         files = sorted(a["filename"] for a in detail["artifacts"])
         assert files == ["predictions_baseline_seed0.csv", "predictions_baseline_seed1.csv",
@@ -424,24 +430,24 @@ def test_each_worker_process_starts_with_its_own_gpu_and_the_parents_environment
 
 
 def test_a_study_name_reads_the_current_directorys_studies_folder_first(tmp_path, phantom_src, capsys, monkeypatch):
-    """A user's edited ./studies/NAME.toml is the study that runs, and run, status and report say which
-    file they read; without one, the packaged study of that name is used."""
+    """A user's edited ./studies/NAME.toml is the study that is created, run says which file it read and
+    status which command created the study; without one, the packaged study of that name is used."""
     from tests.conftest import TINY_STUDY
 
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "tiny.toml").write_text(TINY_STUDY.format(source=phantom_src))
     r = main_ok("run", "--study", "tiny", "--trials", "1", cwd=tmp_path, capsys=capsys)
     assert "study 'tiny' (studies/tiny.toml)" in r.stdout
-    assert "study file: studies/tiny.toml" in main_ok("status", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
-    assert "study file studies/tiny.toml" in main_ok("report", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
-    from search.specs import STUDIES_DIR, load_spec
+    status = main_ok("status", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
+    assert "settings: stored in the study in sqlite:///studies/tiny.db (created by `python -m search run" in status
+    from search.specs import load_spec, packaged_studies
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "studies" / "demo.toml").write_text(
-        (STUDIES_DIR / "demo.toml").read_text() + "\n[study]\nname = 'mine'\n"
+        (packaged_studies() / "demo.toml").read_text() + "\n[study]\nname = 'mine'\n"
     )
     assert load_spec("demo").name == "mine"  # the edited copy, not the packaged one
-    assert load_spec("rsna").path == STUDIES_DIR / "rsna.toml"  # no local copy: the packaged one
+    assert load_spec("rsna").path == packaged_studies() / "rsna.toml"  # no local copy: the packaged one
 
 
 def test_long_commands_show_progress_in_months_and_quiet_silences_them(tmp_path, study, kaggle_dir, capsys):

@@ -13,7 +13,9 @@ import pytest
 from boneage_core.config import SEED_RECIPE
 from boneage_core.metrics import verdict
 from search.report import status_text
+from search.results import BaselineResult, store
 from search.specs import load_spec
+from search.truth import StudyRef
 from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
 
@@ -24,9 +26,7 @@ def test_the_seed_recipe_is_the_seed_projects_and_train_settings_never_move_it(s
     assert demo.baseline.aug_intensity is False and demo.baseline.backbone == "resnet50"
     assert (demo.baseline.epochs, demo.baseline.lr, demo.baseline.schedule) == (5, 1e-3, "none")
     assert load_spec("demo", ["train.lr=0.5", "train.epochs=9", "train.loss=l1"]).baseline == demo.baseline
-    assert not demo.baseline_changes
-    modified = load_spec(str(study), ["baseline.lr=0.01"])
-    assert modified.baseline.lr == 0.01 and modified.baseline_changes == {"lr": [0.001, 0.01]}
+    assert load_spec(str(study), ["baseline.lr=0.01"]).baseline.lr == 0.01
 
 
 def test_a_second_run_with_other_settings_is_refused_and_the_study_kept(tmp_path, study, other_phantom, capsys):
@@ -83,7 +83,7 @@ def test_final_test_rows_are_one_set_of_predictions_and_the_commands_are_recorde
     summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
     test = summary["test"]
     for name, r in test["recipes"].items():
-        rows = [r["metrics_mean"], r["ensemble"], *r["metrics_per_seed"]]
+        rows = [r["metrics_mean"], r["seed_ensemble"], *r["metrics_per_seed"]]
         assert all(row["rmse_months"] >= row["mae_months"] for row in rows), name
         assert r["metrics_mean"]["mae_months"] == pytest.approx(r["mae"]["mean"])
         assert r["mae"]["ci_low"] <= r["mae"]["mean"] <= r["mae"]["ci_high"]
@@ -141,7 +141,8 @@ def _study_with(best: float, seeds: list[float]) -> optuna.Study:
     s = optuna.create_study(study_name="words")
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     s.add_trial(optuna.trial.create_trial(value=best, params={"lr": 1e-3}, distributions={"lr": lr}))
-    s.set_user_attr("baseline", {"val_mae_months": sum(seeds) / len(seeds), "val_mae_per_seed": seeds})
+    base = BaselineResult(sum(seeds) / len(seeds), seeds, None, 30.0, [], [], {}, 1.0)
+    store(s, base)
     return s
 
 
@@ -154,6 +155,6 @@ def _study_with(best: float, seeds: list[float]) -> optuna.Study:
     ],
 )
 def test_status_says_higher_or_lower_with_the_right_sign(best, seeds, words):
-    text = status_text(_study_with(best, seeds))
+    text = status_text(_study_with(best, seeds), StudyRef("words", "sqlite:///words.db", None))
     assert all(w in text for w in words), text
     assert "final test: not run yet" in text

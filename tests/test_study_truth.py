@@ -1,0 +1,155 @@
+"""The study is the source of truth once created: later commands take its settings from the study, not
+from the study file or a repeat of the creation flags; a differing setting stops before any image is
+decoded; results are typed objects stored in the study, read alike from any directory; every printed
+next step can be pasted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import optuna
+
+from search.results import RetrainResult, from_json, load_baseline, load_retrain, to_json
+from tests.conftest import assert_one_line_error, load, main_ok, run_main
+
+
+def _note(study: optuna.Study) -> str:
+    """The study's note as optuna-dashboard shows it."""
+    from optuna_dashboard import get_note
+
+    return get_note(study)
+
+
+def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(tmp_path, study, capsys):
+    """Created with --set train.*, data.* and baseline.*, the study file then edited: baseline, retrain
+    (top-2, bias correction), report, status and the note all use what the study was created with."""
+    created = ["--set", "train.epochs=1", "--set", "data.seed=3", "--set", "baseline.epochs=1"]
+    main_ok("run", "--study", str(study), "--trials", "3", *created, "--quiet", cwd=tmp_path, capsys=capsys)
+    text = study.read_text().replace("epochs = 2", "epochs = 4")  # [train] and [baseline] edited afterwards
+    study.write_text(text)
+    hint = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
+    assert f"seed recipe: not run yet (python -m search baseline --study {study})" in hint
+
+    main_ok("baseline", "--study", str(study), "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    main_ok(
+        *("retrain", "--study", str(study), "--seeds", "2", "--top-k", "2", "--bias-correction", "--quiet"),
+        cwd=tmp_path,
+        capsys=capsys,
+    )
+    s = load(tmp_path)
+    base, out = load_baseline(s), load_retrain(s)
+    assert base.config["epochs"] == 1 and out.recipes["baseline"].config["epochs"] == 1
+    assert out.recipes["best"].config["epochs"] == 1 and all(m.config["epochs"] == 1 for m in out.members)
+    assert out.seed_recipe_modified == {} and out.overrides == {"best": {}, "baseline": {}}
+    assert set(out.recipes) == {"best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"}
+    assert s.user_attrs["settings"]["data"]["seed"] == 3
+
+    # a run resumed without the flags keeps the study's settings and says the file differs
+    r = main_ok("run", "--study", str(study), "--trials", "4", cwd=tmp_path, capsys=capsys)
+    assert "its stored settings" in r.stdout and "differs from the study's stored settings" in r.stdout
+    assert all(t.user_attrs["config"]["epochs"] == 1 for t in load(tmp_path).get_trials() if "config" in t.user_attrs)
+
+    # report and status from another directory on the same storage: the same numbers and page
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    main_ok("report", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys)
+    here, there = (d / "results" / "tiny" for d in (tmp_path, elsewhere))
+
+    def numbers(folder):
+        summary = json.loads((folder / "summary.json").read_text())
+        return {k: v for k, v in summary.items() if k not in ("report_command", "hint")}
+
+    assert numbers(here) == numbers(there) and numbers(here)["test"]["best_trial"] == out.best_trial
+    page = (there / "index.html").read_text()
+    assert "Verdict" in page and "Modified seed recipe" not in page and "modified seed recipe" not in page
+    status_here = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
+    status_there = main_ok("status", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys).stdout
+    assert status_here.splitlines()[:-1] == status_there.splitlines()[:-1]
+    assert f"final test (2 seeds, {out.n_test} images)" in status_there
+
+    # the note keeps the verdict whichever command wrote it last
+    main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    note = _note(load(tmp_path))
+    assert "**Verdict**" in note and "## Final test" in note and "seed recipe, mean ± SD over 1 seeds" in note
+
+
+def test_a_differing_setting_stops_before_any_image_is_decoded(tmp_path, study, private_cache, capsys):
+    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    cached = sorted(p.relative_to(private_cache) for p in private_cache.rglob("*"))
+    for command in ("baseline", "retrain", "report", "status", "run"):
+        r = run_main(command, "--study", str(study), "--set", "data.image_size=48", cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, "created with data.image_size = 32", "gives 48", "--set study.name=")
+    r = run_main("baseline", "--study", str(study), "--set", "train.lr=0.01", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "searches lr")
+    r = run_main("baseline", "--study", str(study), "--set", "pruner.name=none", cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "pruner.name")
+    assert sorted(p.relative_to(private_cache) for p in private_cache.rglob("*")) == cached
+
+
+def test_a_study_is_found_by_its_storage_alone_and_hints_carry_how_to_reach_it(tmp_path, study, capsys):
+    url = f"sqlite:///{tmp_path}/elsewhere.db"
+    main_ok("run", "--study", str(study), "--trials", "1", "--storage", url, "--quiet", cwd=tmp_path, capsys=capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = main_ok("status", "--study", "tiny", "--storage", url, cwd=empty, capsys=capsys).stdout
+    assert f"(python -m search baseline --study tiny --storage {url})" in out
+    assert f"(python -m search retrain --study tiny --storage {url})" in out
+    r = run_main("status", "--study", "nothing", "--storage", url, cwd=empty, capsys=capsys)
+    assert_one_line_error(r, "no study 'nothing'", f"python -m search run --study nothing --storage {url}")
+
+
+def test_studies_this_version_cannot_rebuild_are_one_line(tmp_path, study, capsys):
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    (tmp_path / "studies").mkdir()
+    plain = optuna.create_study(study_name="tiny", storage=url)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    for command in ("status", "report", "baseline", "run"):
+        r = run_main(command, "--study", str(study), cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, "holds no boneage-search settings")
+    plain.set_user_attr("settings", {"data": {}, "train": {}, "baseline": {}, "space": {}})  # as 0.1 wrote them
+    r = run_main("status", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "made by an older version")
+
+
+def test_a_result_round_trips_as_typed_data_and_a_damaged_one_is_one_line(tmp_path, study, capsys):
+    main_ok("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    main_ok("retrain", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    s = load(tmp_path)
+    out = load_retrain(s)
+    assert isinstance(out, RetrainResult) and from_json(RetrainResult, to_json(out)) == out
+    assert len(out.recipes["best"].pred_months[0]) == out.n_test == len(out.test_ids)
+    stored = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
+    assert stored == to_json(out)  # the file is a copy of the stored object
+    broken = to_json(dataclasses.replace(out))
+    del broken["recipes"]["best"]["mae"]
+    s.set_user_attr("result:retrain", broken)
+    for command in ("status", "report"):
+        r = run_main(command, "--study", str(study), cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, "cannot read", "RetrainResult.recipes.best", "lacks the field 'mae'", "retrain")
+
+
+def test_data_dir_is_taken_as_given(tmp_path):
+    """--data DIR is the data's path as typed: a backslash or a quote in it is no TOML to parse."""
+    from search.specs import apply_given
+
+    odd = str(tmp_path / 'a \\ b\'s "dir"')
+    assert apply_given({"data": {"source": "phantom"}}, [], odd)["data"]["source"] == odd
+
+
+def test_results_are_read_from_a_postgresql_study_in_any_directory(tmp_path, study, postgres_url, capsys):
+    """The result lives in the database: a machine with another working directory (no results/, no
+    study file) reads the same verdict from the same storage."""
+    one = ("--storage", postgres_url, "--quiet")
+    main_ok("run", "--study", str(study), "--trials", "2", *one, cwd=tmp_path, capsys=capsys)
+    main_ok("retrain", "--study", str(study), "--seeds", "2", *one, cwd=tmp_path, capsys=capsys)
+    other = tmp_path / "other-machine"
+    other.mkdir()
+    status = main_ok("status", "--study", "tiny", "--storage", postgres_url, cwd=other, capsys=capsys).stdout
+    out = load_retrain(optuna.load_study(study_name="tiny", storage=postgres_url))
+    assert f"best {out.recipes['best'].mae.mean:.2f} ± {out.recipes['best'].mae.sd:.2f}" in status
+    main_ok("report", "--study", "tiny", "--storage", postgres_url, cwd=other, capsys=capsys)
+    md = (other / "results" / "tiny" / "summary.md").read_text()
+    assert "**Verdict** (final test, 2 seeds per recipe)" in md and f"| best (trial {out.best_trial}) |" in md
