@@ -6,6 +6,7 @@ import argparse
 import faulthandler
 import io
 import logging
+import os
 import signal
 import sys
 
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, io.UnsupportedOperation):  # stderr is no file (main() called from Python)
             pass
     signal.signal(signal.SIGTERM, _raise_terminated)
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show ± or ° shows '?' instead
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from search.run import SearchFailing
     from search.study import quiet_optuna_warnings
@@ -211,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     except SearchFailing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a full disk or a corrupted study file, wherever the command was
         from search.study import storage_fault
 

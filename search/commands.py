@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +17,21 @@ def _ref(args: argparse.Namespace) -> StudyRef:
     return study_ref(args.study, args.storage, args.overrides)
 
 
+def _rewrite_note(study, ref: StudyRef) -> None:
+    """The dashboard note from the study's results. The command's own result is stored by then, so a
+    note that cannot be written (another result of the study unreadable) is said, not a failure."""
+    from search.report import save_study_note
+
+    try:
+        save_study_note(study, ref)
+    except BoneAgeError as exc:
+        print(f"warning: the dashboard note was not rewritten: {exc}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """A new study is created from its file and --set; an existing one resumes on its own settings."""
     from search.run import run_study
-    from search.truth import file_edits, spec_for_run
+    from search.truth import existing_study, file_edits, spec_for_run
 
     ref = _ref(args)
     spec, resumed = spec_for_run(ref, args.overrides, args.data)
@@ -42,13 +54,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         if out.timed_out:
             print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
-        print(f"next: {ref.hint('baseline')}, then {ref.hint('retrain')}")
+        from search.results import BASELINE_ATTR
+
+        study = existing_study(ref)
+        if study is not None and BASELINE_ATTR in study.user_attrs:
+            print(f"next: {ref.hint('retrain')}")
+        else:
+            print(f"next: {ref.hint('baseline')}, then {ref.hint('retrain')}")
     return 0
 
 
 def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     from search.baseline import run_baseline
-    from search.report import save_study_note
     from search.words import format_seeds
 
     ref = _ref(args)
@@ -61,13 +78,15 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
             flush=True,
         )
     record = run_baseline(spec, study, args.quiet, seeds=args.seeds, argv=argv)
-    save_study_note(study, ref)
+    _rewrite_note(study, ref)
     sd = f", SD {record.val_mae_sd:.2f}" if record.val_mae_sd is not None else ""
     print(
         f"seed recipe val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
         f"({format_seeds(record.val_mae_per_seed)}{sd}; {record.wall_time_s:.0f} s); "
         f"mean predictor {record.mean_predictor_val_mae_months:.2f} months; recorded in {redact(ref.url)}"
     )
+    if not args.quiet:
+        print(f"next: {ref.hint('retrain')}")
     return 0
 
 
@@ -78,10 +97,9 @@ def _is_recipe_override(item: str) -> bool:
 def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     """--set train.* and --set baseline.* are deliberate changes for this retrain (to the tuned recipes
     and to the seed recipe), recorded and shown; every other setting must match the study's."""
-    from search.report import save_study_note
-    from search.words import retrain_lines
     from search.retrain import retrain as run_retrain
     from search.specs import apply_overrides
+    from search.words import retrain_lines
 
     ref = _ref(args)
     deliberate = [o for o in args.overrides if _is_recipe_override(o)]
@@ -100,7 +118,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         top_k=args.top_k,
         bias_correction=args.bias_correction,
     )
-    save_study_note(study, ref)
+    _rewrite_note(study, ref)
     print("\n".join(retrain_lines(out)))
     print(f"recorded in the study; prediction files in results/{spec.name}/; next: {ref.hint('report')}")
     return 0
@@ -132,6 +150,8 @@ def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
     from search.dashboard import serve
 
     ref = _ref(args)
+    if args.overrides or args.data:  # settings are the study's: a differing one is refused as elsewhere
+        open_existing(ref, args.overrides, args.data, read_only=True)
     serve(ref.url, args.host, args.port, ref.name)
     return 0
 

@@ -222,9 +222,12 @@ def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str
     return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}
 
 
-def recipe_name(name: str, top_k: int) -> str:
-    """'best', 'bias-corrected top-3 ensemble', 'seed recipe': a recipe of a retrain, as every view names it."""
-    return NAMES[name].replace("top-k", f"top-{top_k}")
+def recipe_name(name: str, retrained: RetrainResult) -> str:
+    """'best', 'bias-corrected top-3 ensemble', 'seed recipe' ('modified seed recipe' where retrain --set
+    baseline.* changed it): a recipe of a retrain, as every view names it."""
+    if name == "baseline" and retrained.seed_recipe_modified:
+        return "modified seed recipe"
+    return NAMES[name].replace("top-k", f"top-{retrained.top_k}")
 
 
 def test_figures(retrained: RetrainResult) -> dict[str, Any]:
@@ -234,7 +237,7 @@ def test_figures(retrained: RetrainResult) -> dict[str, Any]:
     which = f"average of {seeds} seeds" if seeds > 1 else "one seed"
     # per image, the models themselves: a bias correction moves each along one line (the tables have it)
     models = {
-        recipe_name(n, retrained.top_k): (n, np.array(r.pred_months))
+        recipe_name(n, retrained): (n, np.array(r.pred_months))
         for n, r in retrained.recipes.items()
         if not n.endswith("_corrected")
     }
@@ -301,7 +304,7 @@ def _group_figure(retrained: RetrainResult) -> Any:
         fig.add_bar(
             x=x,
             y=[r.metrics_mean[m] for m, _, _ in GROUPS],
-            name=recipe_name(name, retrained.top_k),
+            name=recipe_name(name, retrained),
             marker_color=COLOURS[name],
             error_y=dict(type="data", array=[r.metrics_sd[m] or 0 for m, _, _ in GROUPS]),
         )
@@ -324,7 +327,7 @@ def _ci_figure(retrained: RetrainResult) -> Any:
     )
     fig = go.Figure(
         go.Bar(
-            x=[f"{recipe_name(n, retrained.top_k)}: {r[n].mae.mean:.2f} months" for n in names],  # value on show
+            x=[f"{recipe_name(n, retrained)}: {r[n].mae.mean:.2f} months" for n in names],  # value on show
             y=[r[n].mae.mean for n in names],
             marker_color=[COLOURS[n] for n in names],
             error_y=err,

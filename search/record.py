@@ -77,15 +77,12 @@ def differences(stored: Any, given: Any, prefix: str = "") -> list[tuple[str, An
     return [] if stored == given else [(prefix, stored, given)]
 
 
-def check_settings(
-    study: optuna.Study, given: dict[str, Any], ignore: tuple[str, ...] = (), store: bool = True
-) -> None:
+def check_settings(study: optuna.Study, given: dict[str, Any], store: bool = True) -> None:
     """Store the settings on a new study; on an existing one refuse any change with one line.
 
     The data fingerprint is compared only when both sides read the data. When it matches, the data's
-    path may differ (the same data moved to another disk): it cannot change a result. ignore names
-    sections the command takes from the study's record instead (retrain's seed recipe). store=False for
-    commands that only read the study."""
+    path may differ (the same data moved to another disk): it cannot change a result. store=False for
+    commands that find the study made (baseline, retrain): only run creates one."""
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         if store:
@@ -102,7 +99,7 @@ def check_settings(
         )
     same_data = None not in fingerprints  # and equal: the same data, wherever it lies now
     for field, was, now in differences(stored, given):
-        if field.split(".")[0] in ignore or field == "data_fingerprint" or (field == "data.source" and same_data):
+        if field == "data_fingerprint" or (field == "data.source" and same_data):
             continue
         raise BoneAgeError(
             f"study '{study.study_name}' was created with {field} = {show_value(was)}, this command gives "

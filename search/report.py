@@ -22,8 +22,8 @@ from search.document import Heading, code, para, to_markdown
 from search.figures import FIGURES, recipe_name, search_figures, test_figures
 from search.files import write_atomic, write_bytes_atomic, write_json
 from search.page import figure_page, index_page
-from search.record import SETTINGS_ATTR, SKIPPED_ATTR, command_line, recorded_commands
-from search.results import BaselineResult, load_baseline, load_retrain, to_json
+from search.record import SETTINGS_ATTR, SKIPPED_ATTR, command_line, describe_changes, recorded_commands
+from search.results import BaselineResult, load_baseline, load_retrain, to_json, write_files
 from search.study import redact
 from search.summary import summary_blocks, test_section, val_section, verdict_block
 from search.truth import StudyRef
@@ -49,20 +49,29 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
         lines.append(f"best: trial {best.number}, val MAE {best.value:.2f} months, one seed ({params})")
     else:
         lines.append("best: no completed trial yet")
-    lines += _baseline_status(load_baseline(study), study.best_value if done else None, ref)
-    retrained = load_retrain(study)
+    lines += _baseline_status(load_baseline(study, ref.hint("baseline")), study.best_value if done else None, ref)
+    retrained = load_retrain(study, ref.hint("retrain"))
     if retrained:
-        r, d = retrained.recipes, retrained.best_minus_baseline
+        r, d, seed = retrained.recipes, retrained.best_minus_baseline, recipe_name("baseline", retrained)
         lines.append(
-            f"final test ({retrained.seeds} seeds, {retrained.n_test} images): best "
-            f"{pm(r['best'].mae.mean, r['best'].mae.sd)}, seed recipe "
-            f"{pm(r['baseline'].mae.mean, r['baseline'].mae.sd)} months; {verdict_sentence(d)}"
+            f"final test ({retrained.seeds} seeds, {retrained.n_test} images): best (trial {retrained.best_trial}) "
+            f"{pm(r['best'].mae.mean, r['best'].mae.sd)}, {seed} "
+            f"{pm(r['baseline'].mae.mean, r['baseline'].mae.sd)} months; {verdict_sentence(d, against=f'the {seed}')}"
         )
+        if done and study.best_trial.number != retrained.best_trial:
+            lines.append(
+                f"  the final test scored trial {retrained.best_trial}; the search has since found trial "
+                f"{study.best_trial.number}: {ref.hint('retrain')} tests it"
+            )
+        changed = {"seed recipe": retrained.seed_recipe_modified, "best recipe": retrained.overrides.get("best")}
+        for what, change in changed.items():
+            if change:
+                lines.append(f"  {what} changed for this retrain: {describe_changes(change)}")
         for key, c in retrained.comparisons.items():
             a, b = key.split("_minus_")
             if b == "baseline":  # each other final model against the seed recipe
-                what, mae = recipe_name(a, retrained.top_k), pm(r[a].mae.mean, r[a].mae.sd)
-                lines.append(f"  {what}: {mae} months; {verdict_sentence(c, what)}")
+                what, mae = recipe_name(a, retrained), pm(r[a].mae.mean, r[a].mae.sd)
+                lines.append(f"  {what}: {mae} months; {verdict_sentence(c, f'the {what}', f'the {seed}')}")
     else:
         lines.append(f"final test: not run yet ({ref.hint('retrain')})")
     spent = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials)
@@ -131,7 +140,9 @@ def write_report(
     out_dir = results_dir / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
-    baseline, retrained = load_baseline(study), load_retrain(study)
+    baseline, retrained = load_baseline(study, ref.hint("baseline")), load_retrain(study, ref.hint("retrain"))
+    if retrained:
+        write_files(retrained, out_dir)  # retrain.json and the predictions, wherever the report is written
     figs = {**search_figures(study, baseline), **(test_figures(retrained) if retrained else {})}
     png_missing = _write_figures(out_dir, study.study_name, figs)
     summary = summary_dict(study, ref, png_missing, argv)
@@ -203,8 +214,8 @@ def summary_dict(
         "target_trials": study.user_attrs.get("target_trials"),
         "epochs_trained": sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials),
         "search_wall_time_s": round(sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials), 1),
-        "baseline": load_baseline(study),
-        "test": load_retrain(study),
+        "baseline": load_baseline(study, ref.hint("baseline")),
+        "test": load_retrain(study, ref.hint("retrain")),
         "hint": ref.hint("retrain"),
         "noise_floor_val_mae_months": NOISE_FLOOR_MAE_MONTHS
         if settings.get("data", {}).get("source") == "phantom"

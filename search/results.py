@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from boneage_core.errors import BoneAgeError
-from search.files import finite
+from search.files import finite, write_atomic
 
 BASELINE_ATTR = "result:baseline"
 RETRAIN_ATTR = "result:retrain"
@@ -193,8 +195,10 @@ def _build(kind: Any, value: Any, where: str) -> Any:
         return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
     if origin in (list, dict):
         raise ResultFormatError(f"{where} is not a {origin.__name__}")
-    if kind in (int, float) and (value is None or isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ResultFormatError(f"{where} is not a number")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ResultFormatError(f"{where} is not a whole number")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
+        raise ResultFormatError(f"{where} is not a finite number")
     if kind in (str, bool) and not isinstance(value, kind):
         raise ResultFormatError(f"{where} is not a {kind.__name__}")
     return value
@@ -210,26 +214,47 @@ def store(study: optuna.Study, result: BaselineResult | RetrainResult) -> None:
     study.set_user_attr(attr, to_json(result))
 
 
-def _load(study: optuna.Study, attr: str, cls: type, command: str) -> Any:
+def _load(study: optuna.Study, attr: str, cls: type, rerun: str) -> Any:
     data = study.user_attrs.get(attr)
     if data is None:
         return None
     try:
         return from_json(cls, data)
     except ResultFormatError as exc:
+        what = "baseline" if cls is BaselineResult else "retrain"
         raise BoneAgeError(
-            f"study '{study.study_name}' holds a {command} result this version cannot read ({exc}): "
-            f"rerun `python -m search {command}`"
+            f"study '{study.study_name}' holds a {what} result this version cannot read ({exc}): rerun `{rerun}`"
         ) from None
 
 
-def load_baseline(study: optuna.Study) -> BaselineResult | None:
-    return _load(study, BASELINE_ATTR, BaselineResult, "baseline")
+def load_baseline(study: optuna.Study, rerun: str = "python -m search baseline") -> BaselineResult | None:
+    """The stored seed recipe result, None before `baseline`; rerun: the command to name if unreadable."""
+    return _load(study, BASELINE_ATTR, BaselineResult, rerun)
 
 
-def load_retrain(study: optuna.Study) -> RetrainResult | None:
-    return _load(study, RETRAIN_ATTR, RetrainResult, "retrain")
+def load_retrain(study: optuna.Study, rerun: str = "python -m search retrain") -> RetrainResult | None:
+    """The stored final test, None before `retrain`; rerun: the command to name if unreadable."""
+    return _load(study, RETRAIN_ATTR, RetrainResult, rerun)
 
 
 def to_text(result: Any) -> str:
     return json.dumps(to_json(result), indent=2) + "\n"
+
+
+def write_files(result: RetrainResult, out_dir: Path) -> list[Path]:
+    """Copies of a stored final test in out_dir for other tools: retrain.json and a prediction file per
+    recipe (and top-k member) and seed, any older prediction file removed first; the files written."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("predictions_*_seed*.csv"):
+        stale.unlink()
+    written = [out_dir / "retrain.json"]
+    write_atomic(written[0], to_text(result))
+    test = pd.DataFrame({"id": result.test_ids, "age_months": result.test_age_months, "male": result.test_male})
+    preds = {m.name: m.pred_months for m in result.members} | {n: r.pred_months for n, r in result.recipes.items()}
+    for name, pred in preds.items():
+        for k, p in enumerate(pred):
+            written.append(out_dir / f"predictions_{name}_seed{k}.csv")
+            write_atomic(written[-1], test.assign(pred_months=p).to_csv(index=False))
+    return written

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core import BoneAgeError
@@ -43,7 +42,6 @@ from boneage_core.metrics import (
     verdict,
 )
 from boneage_core.train import FitResult, fit, predict_months
-from search.files import write_atomic
 from search.record import (
     VAL_PREDICTIONS_ATTR,
     check_settings,
@@ -65,7 +63,7 @@ from search.results import (
     from_json,
     store,
     to_json,
-    to_text,
+    write_files,
 )
 from search.space import config_from_params
 from search.specs import StudySpec
@@ -185,11 +183,6 @@ def checkpoint_key(cfg: TrainConfig, fingerprint: str, trained: Split, scored: S
     for split in (trained, scored):
         h.update(("|".join(map(str, split.ids)) + "\n").encode())
     return h.hexdigest()[:12]
-
-
-def _write_predictions(path: Path, test: Split, pred: np.ndarray) -> None:
-    frame = pd.DataFrame({"id": test.ids, "age_months": test.age_months, "male": test.male, "pred_months": pred})
-    write_atomic(path, frame.round({"pred_months": 3}).to_csv(index=False))
 
 
 def _mae(preds: np.ndarray, test: Split) -> MaeEstimate:
@@ -392,20 +385,8 @@ def retrain(
     )
     result = from_json(RetrainResult, to_json(result))  # as every reader will see it: NaN as None
     store(study, result)
-    _write_copies(study, result, out_dir, ref.url)
+    attach_files(study, ref.url, write_files(result, out_dir))  # copies, listed in optuna-dashboard
     return result
-
-
-def _write_copies(study: optuna.Study, result: RetrainResult, out_dir: Path, url: str) -> None:
-    """results/<study>/: retrain.json and a prediction file per recipe and seed, copies of the stored
-    result for other tools, attached to the study as artifacts for optuna-dashboard."""
-    write_atomic(out_dir / "retrain.json", to_text(result))
-    test = pd.DataFrame({"id": result.test_ids, "age_months": result.test_age_months, "male": result.test_male})
-    preds = {m.name: m.pred_months for m in result.members} | {n: r.pred_months for n, r in result.recipes.items()}
-    for name, pred in preds.items():
-        for k, p in enumerate(pred):
-            write_atomic(out_dir / f"predictions_{name}_seed{k}.csv", test.assign(pred_months=p).to_csv(index=False))
-    attach_files(study, url, [out_dir / "retrain.json", *sorted(out_dir.glob("predictions_*_seed*.csv"))])
 
 
 def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:

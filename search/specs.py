@@ -80,11 +80,14 @@ class StudySpec:
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_STUDY_NAME = 100  # studies/NAME.db, NAME-artifacts/, results/NAME/: well inside a file name's 255 bytes
 
 
 def check_study_name(name: str, where: str) -> str:
     """A study name becomes a file and folder name (studies/NAME.db, results/NAME/, checkpoints/NAME/):
     a plain name only, never a path or '..', whichever way it was given."""
+    if len(name) > MAX_STUDY_NAME:
+        raise BoneAgeError(f"{where} is {len(name)} characters long: a study name has at most {MAX_STUDY_NAME}")
     if not STUDY_NAME.fullmatch(name) or ".." in name:
         raise BoneAgeError(
             f"{where} = {name!r}: a study name uses letters, digits, '_', '-' and '.', and does not start with "

@@ -38,12 +38,26 @@ def summary_blocks(s: dict[str, Any]) -> list[Block]:
 
 
 def verdict_block(s: dict[str, Any]) -> Block:
-    if s["test"]:
+    r = s["test"]
+    if r:
+        seed = f"the {recipe_name('baseline', r)}"
         return para(
             bold("Verdict"),
-            f" (final test, {s['test'].seeds} seeds per recipe): {verdict_sentence(s['test'].best_minus_baseline)}.",
+            f" (final test, {r.seeds} seeds per recipe): {verdict_sentence(r.best_minus_baseline, against=seed)}."
+            + stale_words(s),
         )
     return para("No final test yet: ", code(s["hint"]), " gives the verdict.")
+
+
+def stale_words(s: dict[str, Any]) -> str:
+    """Where the search found a better trial after the final test: which trial the test scored."""
+    best = s.get("best", {}).get("trial")
+    if s["test"] is None or best is None or best == s["test"].best_trial:
+        return ""
+    return (
+        f" The final test scored trial {s['test'].best_trial}; the search has since found trial {best}: "
+        "retrain to test it."
+    )
 
 
 def val_section(s: dict[str, Any]) -> list[Block]:
@@ -55,7 +69,9 @@ def val_section(s: dict[str, Any]) -> list[Block]:
         per_seed = base.val_mae_per_seed
         rows.append(["mean predictor (training mean for everyone)", pm(base.mean_predictor_val_mae_months, None)])
         rows += [[f"seed recipe, seed {k}", f"{v:.2f}"] for k, v in enumerate(per_seed)]
-        rows.append([f"seed recipe, mean ± SD over {len(per_seed)} seeds", pm(base.val_mae_months, base.val_mae_sd)])
+        rows.append(
+            [f"seed recipe, mean ± SD over {_count(len(per_seed), 'seed')}", pm(base.val_mae_months, base.val_mae_sd)]
+        )
     if "best" in s:
         rows.append([f"best trial ({s['best']['trial']}), one seed", pm(s["best"]["val_mae_months"], None)])
     if s.get("noise_floor_val_mae_months"):
@@ -116,11 +132,11 @@ def _recipe_rows(r: RetrainResult) -> list[list[str]]:
 
 def _comparison_notes(r: RetrainResult) -> list[Block]:
     """The paired comparison, the seed ensembles, flip TTA, the seed's own evaluation, any changes."""
-    d = r.best_minus_baseline
+    d, seed = r.best_minus_baseline, recipe_name("baseline", r)
     blocks: list[Block] = [
         para(
-            "Best minus seed recipe, paired on the same images with each recipe's seeds resampled: "
-            f"{verdict_sentence(d)}."
+            f"Best minus {seed}, paired on the same images with each recipe's seeds resampled: "
+            f"{verdict_sentence(d, against=f'the {seed}')}."
         )
     ]
     ens, e = d.ensembles, {k: v.seed_ensemble for k, v in r.recipes.items()}
@@ -128,7 +144,7 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
         blocks.append(
             para(
                 f"Seed ensembles (each recipe's {r.seeds} seed predictions averaged into one model, a different "
-                f"model from any single seed): best {e['best']['mae_months']:.2f}, seed recipe "
+                f"model from any single seed): best {e['best']['mae_months']:.2f}, {seed} "
                 f"{e['baseline']['mae_months']:.2f} months; difference {ens.mae_diff_months:+.2f} (95% CI over "
                 f"images {ens.ci_low:+.2f} to {ens.ci_high:+.2f})."
             )
@@ -137,17 +153,18 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
         best, base = r.recipes["best"].tta_flip, r.recipes["baseline"].tta_flip
         blocks.append(
             para(
-                f"With test-time flip averaging (both recipes): best {pm(best.mean, best.sd)}, seed recipe "
-                f"{pm(base.mean, base.sd)} months; {verdict_sentence(r.best_minus_baseline_tta_flip)}."
+                f"With test-time flip averaging (both recipes): best {pm(best.mean, best.sd)}, {seed} "
+                f"{pm(base.mean, base.sd)} months; "
+                f"{verdict_sentence(r.best_minus_baseline_tta_flip, against=f'the {seed}')}."
             )
         )
     raw = r.recipes["baseline"].without_bn_reestimation
     if raw:
-        seed = r.recipes["baseline"].mae
+        ours = r.recipes["baseline"].mae
         blocks.append(
             para(
-                "The seed recipe evaluated as the seed project did (batch-norm statistics from training, not "
-                f"re-estimated): {pm(raw.mean, raw.sd)} months, against {pm(seed.mean, seed.sd)} with this "
+                f"The {seed} evaluated as the seed project did (batch-norm statistics from training, not "
+                f"re-estimated): {pm(raw.mean, raw.sd)} months, against {pm(ours.mean, ours.sd)} with this "
                 "project's protocol."
             )
         )
@@ -204,7 +221,7 @@ def _group_table(r: RetrainResult) -> list[Block]:
     ]
     return [
         para(f"MAE by group (months, mean ± SD over {r.seeds} seeds; n = test images in the group):"),
-        table(["group", "n", *(recipe_name(n, r.top_k) for n in names)], rows),
+        table(["group", "n", *(recipe_name(n, r) for n in names)], rows),
     ]
 
 
@@ -225,6 +242,10 @@ def _settings_section(s: dict[str, Any]) -> list[Block]:
         f"sampler: {_fields(settings['sampler'])}; pruner: {_fields(settings['pruner'])}",
     ]
     return [Heading(2, "Settings (stored in the study when it was created)"), bullets(*items)]
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _fields(d: dict[str, Any]) -> str:
@@ -256,5 +277,5 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
     if s["test"]:
         for n, e in s["test"].recipes.items():
             if e.wall_time_s is not None:
-                times.append(f"retrain {recipe_name(n, s['test'].top_k)} {e.wall_time_s:.0f} s")
+                times.append(f"retrain {recipe_name(n, s['test'])} {e.wall_time_s:.0f} s")
     return [*blocks, para("Wall times: " + ", ".join(times) + ".")]

@@ -137,16 +137,17 @@ def spec_from_study(study: optuna.Study, ref: StudyRef, overrides: list[str], da
     --set (and --data's path, checked later against the data's fingerprint) must equal what the study
     stored, or this is one line naming the field, before any image is decoded."""
     settings = stored_settings(study)
-    raw = raw_from_settings(settings, ref.name)
+    try:
+        raw = raw_from_settings(settings, ref.name)
+        spec_from_raw(copy.deepcopy(raw), ref.path, ref.name)
+    except (BoneAgeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise BoneAgeError(
+            f"study '{ref.name}' holds settings this version cannot read ({type(exc).__name__}: {exc}); the "
+            "storage was edited or damaged: restore a copy, or start a new study with --set study.name=<new name>"
+        ) from None
     for section, values in runtime_settings(ref).items():
         raw.setdefault(section, {}).update(values)
-    searched = [o.partition("=")[0].strip() for o in overrides if _key(o) == "train"]
-    for key in searched:
-        if key.split(".", 1)[1] in settings["space"]:
-            raise BoneAgeError(
-                f"--set {key}: study '{ref.name}' searches {key.split('.', 1)[1]}, so a fixed value changes nothing "
-                "(retrain --set train.* changes the tuned recipes)"
-            )
+    refuse_searched(overrides, tuple(settings["space"]), ref.name)
     spec = spec_from_raw(apply_given(raw, overrides, data_dir), ref.path, ref.name)
     given = study_settings(spec, None)
     for field, was, now in differences(settings, given):
@@ -158,6 +159,16 @@ def spec_from_study(study: optuna.Study, ref: StudyRef, overrides: list[str], da
             "--set study.name=<new name>"
         )
     return spec
+
+
+def refuse_searched(overrides: list[str], searched: tuple[str, ...], name: str) -> None:
+    """--set train.FIELD for a field the study searches: a fixed value would change nothing."""
+    for key in (o.partition("=")[0].strip() for o in overrides if _key(o) == "train"):
+        if key.split(".", 1)[1] in searched:
+            raise BoneAgeError(
+                f"--set {key}: study '{name}' searches {key.split('.', 1)[1]}, so a fixed value changes nothing "
+                "(set the range in [space], or retrain --set train.* to change the tuned recipes)"
+            )
 
 
 def existing_study(ref: StudyRef) -> optuna.Study | None:
@@ -184,6 +195,7 @@ def spec_for_run(ref: StudyRef, overrides: list[str], data_dir: str | None) -> t
         if ref.path is None:
             find_study_file(ref.name)  # the one-line "unknown study" error, with the known ones
         spec = load_spec(str(ref.path), overrides, data_dir)
+        refuse_searched(overrides, tuple(spec.space), spec.name)
         return spec, False
     return spec_from_study(study, ref, overrides, data_dir), True
 
@@ -201,8 +213,7 @@ def file_edits(ref: StudyRef, study_spec: StudySpec, overrides: list[str], data_
     changed = [f for f, _, _ in differences(kept, from_file) if f not in ("data.source", "data_fingerprint")]
     if not changed:
         return None
-    listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-    return f"{ref.path} differs from the study's stored settings ({listed}); the study keeps its own"
+    return f"{ref.path} differs from the study's stored settings ({', '.join(changed)}); the study keeps its own"
 
 
 def open_existing(

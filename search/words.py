@@ -48,10 +48,10 @@ def verdict_sentence(d: Comparison, what: str = "the best recipe", against: str 
 def recipe_label(name: str, r: RetrainResult) -> str:
     """A recipe as tables name it: with the trial or trials it comes from."""
     if name.startswith("best"):
-        return f"{recipe_name(name, r.top_k)} (trial {r.best_trial})"
+        return f"{recipe_name(name, r)} (trial {r.best_trial})"
     if name.startswith("ensemble"):
-        return f"{recipe_name(name, r.top_k)} (trials {', '.join(str(m.trial) for m in r.members)})"
-    return recipe_name(name, r.top_k)
+        return f"{recipe_name(name, r)} (trials {', '.join(str(m.trial) for m in r.members)})"
+    return recipe_name(name, r)
 
 
 def comparison_lines(r: RetrainResult) -> list[str]:
@@ -59,8 +59,7 @@ def comparison_lines(r: RetrainResult) -> list[str]:
     lines = []
     for key, d in r.comparisons.items():
         a, b = key.split("_minus_")
-        against = "the seed recipe" if b == "baseline" else f"the {recipe_name(b, r.top_k)}"
-        lines.append(capital(verdict_sentence(d, f"the {recipe_name(a, r.top_k)}", against)))
+        lines.append(capital(verdict_sentence(d, f"the {recipe_name(a, r)}", f"the {recipe_name(b, r)}")))
     return lines
 
 
@@ -69,7 +68,7 @@ def correction_lines(r: RetrainResult) -> list[str]:
     lines = []
     for name, c in r.bias_correction.items():
         lines.append(
-            f"bias correction of the {recipe_name(name, r.top_k)}: corrected = {c.slope:.3f} x predicted "
+            f"bias correction of the {recipe_name(name, r)}: corrected = {c.slope:.3f} x predicted "
             f"{c.intercept:+.2f} months, fitted on the val predictions of trial(s) "
             f"{', '.join(map(str, c.trials))} ({c.n} images none of them trained on)"
         )
@@ -121,13 +120,17 @@ def retrain_lines(out: RetrainResult) -> list[str]:
     raw = out.recipes["baseline"].without_bn_reestimation
     if raw is not None:
         lines.append(
-            f"seed recipe evaluated as the seed project did (no batch-norm re-estimation): {raw.mean:.2f} months"
+            f"{recipe_name('baseline', out)} evaluated as the seed project did (no batch-norm re-estimation): "
+            f"{raw.mean:.2f} months"
         )
     if out.seed_recipe_modified:
         lines.append(f"modified seed recipe: {describe_changes(out.seed_recipe_modified)}")
     if out.overrides.get("best"):
         lines.append(f"best recipe changed for this retrain: {describe_changes(out.overrides['best'])}")
-    lines.append(capital(verdict_sentence(out.best_minus_baseline)) + f", on the same {out.n_test} test images")
+    seed = f"the {recipe_name('baseline', out)}"
+    lines.append(
+        capital(verdict_sentence(out.best_minus_baseline, against=seed)) + f", on the same {out.n_test} test images"
+    )
     if out.best_minus_baseline_tta_flip is not None:
-        lines.append("With flip TTA: " + verdict_sentence(out.best_minus_baseline_tta_flip))
+        lines.append("With flip TTA: " + verdict_sentence(out.best_minus_baseline_tta_flip, against=seed))
     return lines + [capital(line) for line in correction_lines(out)] + comparison_lines(out)

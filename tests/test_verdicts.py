@@ -67,7 +67,7 @@ def test_final_test_rows_are_one_set_of_predictions_and_the_commands_are_recorde
     argvs = [
         ["run", "--study", str(study), "--trials", "2", "--set", "sampler.seed=3", "--quiet"],
         ["baseline", "--study", str(study), "--seeds", "2", "--quiet"],
-        ["retrain", "--study", str(study), "--seeds", "2", "--set", "train.epochs=1", "--quiet"],
+        ["retrain", "--study", str(study), "--seeds", "2", "--set", "train.epochs=1", "--set", "baseline.lr=0.003"],
     ]
     for argv in argvs:
         main_ok(*argv, cwd=tmp_path, capsys=capsys)
@@ -77,7 +77,7 @@ def test_final_test_rows_are_one_set_of_predictions_and_the_commands_are_recorde
     out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
     assert out["recipes"]["best"]["config"]["epochs"] == 1  # the deliberate change, to the best recipe only
     assert out["recipes"]["baseline"]["config"]["epochs"] == 2  # the seed recipe as the study defines it
-    assert out["overrides"]["best"] == {"epochs": [2, 1]} and out["seed_recipe_modified"] == {}
+    assert out["overrides"]["best"] == {"epochs": [2, 1]} and out["seed_recipe_modified"] == {"lr": [0.001, 0.003]}
     assert "without_bn_reestimation" in out["recipes"]["baseline"]  # the seed's own evaluation, reported
 
     summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
@@ -101,6 +101,10 @@ def test_final_test_rows_are_one_set_of_predictions_and_the_commands_are_recorde
 
     status = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     assert "final test (2 seeds" in status and d["verdict"] in status and "(target 2 finished" in status
+    # retrain --set baseline.* made it the modified seed recipe, and every view names it so
+    assert "the modified seed recipe" in status and "seed recipe changed for this retrain: lr 0.001 -> 0.003" in status
+    assert "| modified seed recipe |" in md and "between the best recipe and the modified seed recipe" in md
+    assert "| seed recipe |" not in md
 
 
 def test_a_changed_dataset_trains_new_checkpoints_and_scores_its_own_test_images(
