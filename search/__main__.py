@@ -78,7 +78,11 @@ def _common_options() -> Parser:
         "or a path to a TOML file (default: demo); the file is read to create a study, the study is read after",
     )
     common.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite:///studies/<study>.db)")
-    common.add_argument("--data", help="directory with RSNA data as downloaded (same as --set data.source=DIR)")
+    common.add_argument(
+        "--data",
+        help="directory with RSNA data as downloaded (same as --set data.source=DIR); for an existing study, "
+        "where its data lies now (the data's fingerprint must match)",
+    )
     common.add_argument(
         "--set",
         dest="overrides",
