@@ -252,6 +252,7 @@ def write_files(result: RetrainResult, out_dir: Path) -> list[Path]:
     written = [out_dir / "retrain.json"]
     write_atomic(written[0], to_text(result))
     test = pd.DataFrame({"id": result.test_ids, "age_months": result.test_age_months, "male": result.test_male})
+    test = test.round({"age_months": 4})  # a label as written, whatever float it was read into
     preds = {m.name: m.pred_months for m in result.members} | {n: r.pred_months for n, r in result.recipes.items()}
     for name, pred in preds.items():
         for k, p in enumerate(pred):

@@ -367,7 +367,7 @@ def retrain(
         tta=tta,
         top_k=len(plan.members),
         test_ids=[str(i) for i in test.ids],
-        test_age_months=[float(a) for a in test.age_months],
+        test_age_months=[round(float(a), 4) for a in test.age_months],  # as labelled, not float32's tail
         test_male=[bool(m) for m in test.male],
         group_n=group_counts(test.age_months, test.male),
         data_fingerprint=data.fingerprint(),
