@@ -20,15 +20,34 @@ def _note(study: optuna.Study) -> str:
     return get_note(study)
 
 
-def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(tmp_path, study, capsys):
+def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(tmp_path, study, private_cache, capsys):
     """Created with --set train.*, data.* and baseline.*, the study file then edited: baseline, retrain
-    (top-2, bias correction), report, status and the note all use what the study was created with."""
+    (top-2, bias correction), report, status and the note all use what the study was created with; a
+    setting that differs stops before any image is decoded; every hint carries --study and --storage."""
     created = ["--set", "train.epochs=1", "--set", "data.seed=3", "--set", "baseline.epochs=1"]
     main_ok("run", "--study", str(study), "--trials", "3", *created, "--quiet", cwd=tmp_path, capsys=capsys)
+
+    cached = sorted(p.relative_to(private_cache) for p in private_cache.rglob("*"))
+    for command in ("baseline", "retrain", "report", "status", "run", "dashboard"):
+        r = run_main(command, "--study", str(study), "--set", "data.image_size=48", cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, "created with data.image_size = 32", "gives 48", "--set study.name=")
+    for change, named in (("train.lr=0.01", "searches lr"), ("pruner.name=none", "pruner.name")):
+        r = run_main("baseline", "--study", str(study), "--set", change, cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, named)
+    assert sorted(p.relative_to(private_cache) for p in private_cache.rglob("*")) == cached  # nothing decoded
+
     text = study.read_text().replace("epochs = 2", "epochs = 4")  # [train] and [baseline] edited afterwards
     study.write_text(text)
     hint = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     assert f"seed recipe: not run yet (python -m search baseline --study {study})" in hint
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    hint = main_ok("status", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys).stdout
+    assert f"(python -m search baseline --study tiny --storage {url})" in hint
+    assert f"(python -m search retrain --study tiny --storage {url})" in hint
+    r = run_main("status", "--study", "nothing", "--storage", url, cwd=elsewhere, capsys=capsys)
+    assert_one_line_error(r, "no study 'nothing'", f"python -m search run --study nothing --storage {url}")
 
     main_ok("baseline", "--study", str(study), "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
     main_ok(
@@ -50,9 +69,6 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     assert all(t.user_attrs["config"]["epochs"] == 1 for t in load(tmp_path).get_trials() if "config" in t.user_attrs)
 
     # report and status from another directory on the same storage: the same numbers and page
-    url = f"sqlite:///{tmp_path}/studies/tiny.db"
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)
     main_ok("report", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys)
     here, there = (d / "results" / "tiny" for d in (tmp_path, elsewhere))
@@ -94,31 +110,6 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     r = main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
     assert "warning: the dashboard note was not rewritten" in r.stderr
     assert load_baseline(load(tmp_path)).command["argv"][-1] == "--quiet"
-
-
-def test_a_differing_setting_stops_before_any_image_is_decoded(tmp_path, study, private_cache, capsys):
-    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
-    cached = sorted(p.relative_to(private_cache) for p in private_cache.rglob("*"))
-    for command in ("baseline", "retrain", "report", "status", "run", "dashboard"):
-        r = run_main(command, "--study", str(study), "--set", "data.image_size=48", cwd=tmp_path, capsys=capsys)
-        assert_one_line_error(r, "created with data.image_size = 32", "gives 48", "--set study.name=")
-    r = run_main("baseline", "--study", str(study), "--set", "train.lr=0.01", cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "searches lr")
-    r = run_main("baseline", "--study", str(study), "--set", "pruner.name=none", cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "pruner.name")
-    assert sorted(p.relative_to(private_cache) for p in private_cache.rglob("*")) == cached
-
-
-def test_a_study_is_found_by_its_storage_alone_and_hints_carry_how_to_reach_it(tmp_path, study, capsys):
-    url = f"sqlite:///{tmp_path}/elsewhere.db"
-    main_ok("run", "--study", str(study), "--trials", "1", "--storage", url, "--quiet", cwd=tmp_path, capsys=capsys)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    out = main_ok("status", "--study", "tiny", "--storage", url, cwd=empty, capsys=capsys).stdout
-    assert f"(python -m search baseline --study tiny --storage {url})" in out
-    assert f"(python -m search retrain --study tiny --storage {url})" in out
-    r = run_main("status", "--study", "nothing", "--storage", url, cwd=empty, capsys=capsys)
-    assert_one_line_error(r, "no study 'nothing'", f"python -m search run --study nothing --storage {url}")
 
 
 def test_studies_this_version_cannot_rebuild_are_one_line(tmp_path, study, capsys):
