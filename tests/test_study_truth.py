@@ -6,9 +6,12 @@ next step can be pasted."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import optuna
+import pytest
 
+from boneage_core.metrics import verdict
 from search.results import RetrainResult, from_json, load_baseline, load_retrain, to_json
 from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
@@ -50,16 +53,14 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     assert_one_line_error(r, "no study 'nothing'", f"python -m search run --study nothing --storage {url}")
 
     main_ok("baseline", "--study", str(study), "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
-    main_ok(
-        *("retrain", "--study", str(study), "--seeds", "2", "--top-k", "2", "--bias-correction", "--quiet"),
-        cwd=tmp_path,
-        capsys=capsys,
-    )
+    retrain = ["retrain", "--study", str(study), "--seeds", "2", "--top-k", "2", "--bias-correction"]
+    main_ok(*retrain, "--set", "baseline.lr=0.003", cwd=tmp_path, capsys=capsys)  # the one deliberate change
     s = load(tmp_path)
     base, out = load_baseline(s), load_retrain(s)
     assert base.config["epochs"] == 1 and out.recipes["baseline"].config["epochs"] == 1
     assert out.recipes["best"].config["epochs"] == 1 and all(m.config["epochs"] == 1 for m in out.members)
-    assert out.seed_recipe_modified == {} and out.overrides == {"best": {}, "baseline": {}}
+    assert out.recipes["baseline"].config["lr"] == 0.003 and out.recipes["best"].config["lr"] != 0.003
+    assert out.seed_recipe_modified == {"lr": [0.001, 0.003]} and out.overrides["best"] == {}
     assert set(out.recipes) == {"best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"}
     assert s.user_attrs["settings"]["data"]["seed"] == 3
 
@@ -78,8 +79,26 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
         return {k: v for k, v in summary.items() if k not in ("report_command", "hint")}
 
     assert numbers(here) == numbers(there) and numbers(here)["test"]["best_trial"] == out.best_trial
+    test = numbers(here)["test"]  # every row one set of predictions, every CI around its estimate
+    for name, row in test["recipes"].items():
+        rows = [row["metrics_mean"], row["seed_ensemble"], *row["metrics_per_seed"]]
+        assert all(r["rmse_months"] >= r["mae_months"] for r in rows), name
+        assert row["metrics_mean"]["mae_months"] == pytest.approx(row["mae"]["mean"])
+        assert row["mae"]["ci_low"] <= row["mae"]["mean"] <= row["mae"]["ci_high"]
+    n, d = test["group_n"], test["best_minus_baseline"]
+    assert n["male"] + n["female"] == sum(v for k, v in n.items() if k not in ("male", "female")) == out.n_test
+    assert d["ci_low"] <= d["mae_diff_months"] <= d["ci_high"] and d["verdict"] == verdict(d)
+    md = (there / "summary.md").read_text()
+    block = md.split("## How this was produced")[1].split("```")[1].strip().splitlines()
+    assert [line.split(" --")[0] for line in block] == [
+        f"python -m search {c}" for c in ("run", "baseline", "retrain", "run", "report")
+    ]
+    assert block[2] == shlex.join(["python", "-m", "search", *retrain, "--set", "baseline.lr=0.003"])
+    # created with --set baseline.epochs=1 the seed recipe is the study's own; retrain's --set modified it
     page = (there / "index.html").read_text()
-    assert "Verdict" in page and "Modified seed recipe" not in page and "modified seed recipe" not in page
+    assert "<strong>Verdict</strong>" in page and "| modified seed recipe |" in md and "| seed recipe |" not in md
+    assert "between the best recipe and the modified seed recipe" in md or "than the modified seed recipe" in md
+    assert "| seed recipe, seed 0 |" in md  # the val table's seed recipe is the study's, unmodified
     status_here = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     status_there = main_ok("status", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys).stdout
 
@@ -89,7 +108,11 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     assert numbers_of(status_here) == numbers_of(status_there)
     if load(tmp_path).best_trial.number != out.best_trial:  # the resumed run found a better trial
         assert f"the final test scored trial {out.best_trial}; the search has since found" in status_here
-    assert f"final test (2 seeds, {out.n_test} images)" in status_there
+    assert f"final test (2 seeds, {out.n_test} images)" in status_there and d["verdict"] in status_there
+    assert (
+        "the modified seed recipe" in status_there
+        and "seed recipe changed for this retrain: lr 0.001 -> 0.003" in status_there
+    )
 
     # the note keeps the verdict whichever command wrote it last
     main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)

@@ -4,14 +4,10 @@ exist. (The seed-aware statistics themselves are tested in test_augment_metrics.
 
 from __future__ import annotations
 
-import json
-import shlex
-
 import optuna
 import pytest
 
 from boneage_core.config import SEED_RECIPE
-from boneage_core.metrics import verdict
 from search.report import status_text
 from search.results import BaselineResult, store
 from search.specs import load_spec
@@ -61,50 +57,6 @@ def test_a_second_run_with_other_settings_is_refused_and_the_study_kept(tmp_path
         capsys=capsys,
     )
     assert len(load(tmp_path).get_trials()) == 2
-
-
-def test_final_test_rows_are_one_set_of_predictions_and_the_commands_are_recorded(tmp_path, study, capsys):
-    argvs = [
-        ["run", "--study", str(study), "--trials", "2", "--set", "sampler.seed=3", "--quiet"],
-        ["baseline", "--study", str(study), "--seeds", "2", "--quiet"],
-        ["retrain", "--study", str(study), "--seeds", "2", "--set", "train.epochs=1", "--set", "baseline.lr=0.003"],
-    ]
-    for argv in argvs:
-        main_ok(*argv, cwd=tmp_path, capsys=capsys)
-    report_argv = ["report", "--study", str(study)]
-    main_ok(*report_argv, cwd=tmp_path, capsys=capsys)
-
-    out = json.loads((tmp_path / "results" / "tiny" / "retrain.json").read_text())
-    assert out["recipes"]["best"]["config"]["epochs"] == 1  # the deliberate change, to the best recipe only
-    assert out["recipes"]["baseline"]["config"]["epochs"] == 2  # the seed recipe as the study defines it
-    assert out["overrides"]["best"] == {"epochs": [2, 1]} and out["seed_recipe_modified"] == {"lr": [0.001, 0.003]}
-    assert "without_bn_reestimation" in out["recipes"]["baseline"]  # the seed's own evaluation, reported
-
-    summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
-    test = summary["test"]
-    for name, r in test["recipes"].items():
-        rows = [r["metrics_mean"], r["seed_ensemble"], *r["metrics_per_seed"]]
-        assert all(row["rmse_months"] >= row["mae_months"] for row in rows), name
-        assert r["metrics_mean"]["mae_months"] == pytest.approx(r["mae"]["mean"])
-        assert r["mae"]["ci_low"] <= r["mae"]["mean"] <= r["mae"]["ci_high"]
-    n = test["group_n"]
-    assert n["male"] + n["female"] == test["n_test"]
-    assert sum(v for k, v in n.items() if k not in ("male", "female")) == test["n_test"]
-    d = test["best_minus_baseline"]
-    assert d["ci_low"] <= d["mae_diff_months"] <= d["ci_high"]
-    assert d["verdict"] == verdict(d) and d["seeds_a"] == d["seeds_b"] == 2  # the words follow this CI
-
-    md = (tmp_path / "results" / "tiny" / "summary.md").read_text()
-    block = md.split("## How this was produced")[1].split("```")[1].strip().splitlines()
-    assert block == [shlex.join(["python", "-m", "search", *a]) for a in [*argvs, report_argv]]
-    assert d["verdict"] in md.lower() and "MAE per seed" in md and "| group | n |" in md
-
-    status = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
-    assert "final test (2 seeds" in status and d["verdict"] in status and "(target 2 finished" in status
-    # retrain --set baseline.* made it the modified seed recipe, and every view names it so
-    assert "the modified seed recipe" in status and "seed recipe changed for this retrain: lr 0.001 -> 0.003" in status
-    assert "| modified seed recipe |" in md and "between the best recipe and the modified seed recipe" in md
-    assert "| seed recipe |" not in md
 
 
 def test_a_changed_dataset_trains_new_checkpoints_and_scores_its_own_test_images(
