@@ -32,7 +32,8 @@ def test_an_installed_wheel_runs_the_packaged_demo_study_from_an_empty_directory
     packaged study file, never the checkout. The new venv borrows this one's dependencies through a
     .pth path line (no torch install); that line adds the directory without running the .pth files in
     it, so this checkout's editable install stays out of sight."""
-    pytest.importorskip("setuptools", reason="the wheel is built without build isolation (no network)")
+    no_setuptools = "setuptools is not installed: the wheel is built without build isolation (no network)"
+    pytest.importorskip("setuptools", reason=no_setuptools)
     src = tmp_path / "src"  # a copy to build from: the build leaves build/ and *.egg-info in its source
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
