@@ -206,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from search.run import SearchFailing
-    from search.study import quiet_optuna_warnings
+    try:  # importing torch takes seconds: Ctrl-C or SIGTERM then ends as it does later
+        from search.run import SearchFailing
+        from search.study import quiet_optuna_warnings
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
 
     quiet_optuna_warnings()
 
@@ -232,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {lasting}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: the study is saved; rerun the same command to continue", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return _stopped(exc)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C (130) or SIGTERM (143), said in one line."""
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(f"\n{what}: the study is saved; rerun the same command to continue", file=sys.stderr)
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:

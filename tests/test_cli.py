@@ -293,3 +293,23 @@ def test_set_overrides_reach_the_spec(tmp_path):
     spec = load_spec(str(study), ["train.epochs=4", "train.use_sex=true", "space.lr.high=0.05"], data_dir="/d")
     assert spec.train.epochs == 4 and spec.train.use_sex is True
     assert spec.space["lr"].high == 0.05 and spec.data.source == "/d"
+
+
+def test_sigterm_while_the_command_still_imports_is_one_line_and_143(tmp_path):
+    """Importing torch takes seconds: a SIGTERM then ends the command as it does later, not with a traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "status"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # past argument parsing, inside the imports
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err and "terminated (SIGTERM)" in err, err
