@@ -390,15 +390,13 @@ def retrain(
 
 
 def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
-    """results/<study>/ and checkpoints/<study>/, made; the prediction files of an earlier retrain with
-    more seeds removed, so the folder never mixes two retrains."""
+    """results/<study>/ and checkpoints/<study>/, made. An earlier retrain's prediction files stay until
+    the new result is stored: results.write_files replaces them then, so the folder never mixes two."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BoneAgeError(f"cannot write results or checkpoints ({exc.strerror}: {exc.filename})") from None
-    for stale in out_dir.glob("predictions_*_seed*.csv"):
-        stale.unlink()
     return out_dir, ckpt_dir
 
 
