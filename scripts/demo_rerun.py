@@ -84,7 +84,7 @@ def _fmt(values: list[float]) -> str:
 
 def _results(study: optuna.Study, committed: Path) -> list[str]:
     """The rerun's stored seed recipe and final test against the committed summary.json, where both are."""
-    from search.results import load_baseline, load_retrain
+    from search.storage.results import load_baseline, load_retrain
 
     old = json.loads(committed.read_text())
     base, test = load_baseline(study), load_retrain(study)

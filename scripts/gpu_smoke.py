@@ -94,8 +94,8 @@ def oom_releases_memory() -> dict:
     import optuna
 
     import boneage_core.train as train_mod
-    from search.objective import TRIAL_FAILURES, make_objective
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.objective import TRIAL_FAILURES, make_objective
 
     spec = load_spec("demo", ["data.image_size=128", "train.epochs=1", "train.device=cuda"])
     study_data = SplitsBySize(spec.data, quiet=True)
@@ -127,7 +127,7 @@ def oom_releases_memory() -> dict:
 
 
 def worker_mapping() -> dict:
-    from search.workers import worker_devices
+    from search.engine.workers import worker_devices
 
     count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -43,7 +43,7 @@ from boneage_core.config import SEED_RECIPE, TrainConfig  # noqa: E402
 from boneage_core.dataset import DataSettings, prepare  # noqa: E402
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
-from search.record import git_commit  # noqa: E402
+from search.storage.provenance import git_commit
 
 SMALL_N, LARGE_N = 600, 2000  # phantom images: 420 and 1400 of them train (the first is the old demo's)
 BAR_X_NOISE_FLOOR = 1.6  # a miniature where recipes matter gets this close to its noise floor
@@ -167,7 +167,7 @@ def markdown(report: dict) -> str:
         f"for a learnable miniature is {BAR_X_NOISE_FLOOR}x that, {bar:.2f} months. The commit column is the "
         "phantom's code a row was measured with (the row's own commit, or the one `--phantom-commit` named). "
         "Wall times include writing and decoding a phantom not yet in the cache, and some rows shared the cores "
-        "with other work: they are not benchmarks.",
+        "with other work: they are not search.bench.",
     ]
     for v in sorted({version(r) for r in report["rows"]}):
         rows = [r for r in report["rows"] if version(r) == v]

@@ -31,7 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.seed_pipeline import RSNA_HW, write_fullsize  # noqa: E402
+from search.bench.seed_pipeline import RSNA_HW, write_fullsize  # noqa: E402
 
 # the sizes of the official RSNA release; ids as there: training 1377.., validation and test apart
 SPLIT_SIZES = {"train": 12611, "val": 1425, "test": 200}
@@ -206,7 +206,7 @@ PARTS = ("check", "cache", "workers", "step")
 def measure(root: Path, out: Path, sizes: list[int], parts: tuple[str, ...] = PARTS) -> None:
     """Every part into out/scale.json; with only some parts, those are measured again and replace theirs
     in the existing file, which records the rerun's command and commit beside the first run's."""
-    from benchmarks.report import machine
+    from search.bench.report import machine
 
     if not (root / DONE_MARK).is_file():
         raise SystemExit(f"{root} is not a complete full-scale phantom: run `python scripts/scale.py make {root}`")

@@ -27,8 +27,8 @@ import pytest  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks import DEFAULT_POSTGRES_URL  # noqa: E402
 from boneage_core.phantom import generate_image, write_phantom  # noqa: E402
+from search.bench import DEFAULT_POSTGRES_URL  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,7 +177,7 @@ def run_main(*args: str, cwd: Path, capsys) -> subprocess.CompletedProcess:
     run_cli, without a second start of Python and torch (seconds each). Log records reach stderr as in
     a process of their own (pytest's log capture would otherwise keep them); the signal handlers main()
     installs are put back afterwards."""
-    from search.__main__ import main
+    from search.cli.main import main
 
     saved, here = signal.getsignal(signal.SIGTERM), os.getcwd()
     capsys.readouterr()
@@ -308,7 +308,7 @@ def postgres_url():
     """A scratch database on the server at 127.0.0.1:5432, dropped after the test (the same helper the
     storage benchmark uses)."""
     pytest.importorskip("psycopg")
-    from benchmarks.storage import scratch_postgres
+    from search.bench.storage import scratch_postgres
 
     with scratch_postgres(DEFAULT_POSTGRES_URL) as url:
         if url is None:

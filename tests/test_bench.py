@@ -9,11 +9,11 @@ import shlex
 import pytest
 import torch
 
-from benchmarks.gpu_throughput import gpu_throughput
-from benchmarks.report import render_markdown
-from benchmarks.run import SECTIONS
-from benchmarks.storage import scratch_postgres
 from boneage_core.train import training_batches
+from search.bench.gpu_throughput import gpu_throughput
+from search.bench.report import render_markdown
+from search.bench.run import SECTIONS
+from search.bench.storage import scratch_postgres
 from tests.conftest import assert_one_line_error, main_ok, run_main
 
 
@@ -109,8 +109,8 @@ def test_bench_bad_input_is_one_line(tmp_path, args, fragments, capsys):
 def test_each_finished_section_is_written_before_a_later_one_fails(tmp_path, monkeypatch):
     """A crash minutes into a run (as the GPU section did on a GPU machine) must not lose the sections
     already measured: bench.json and bench.md are rewritten after every section."""
-    from benchmarks import run as bench_run
-    from benchmarks.common import section
+    from search.bench import run as bench_run
+    from search.bench.common import section
 
     def first(**_):
         s = section("First", "a target")
@@ -134,8 +134,8 @@ def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
 
     import optuna
 
-    from benchmarks.storage import VAL_IMAGES, open_study, worker
-    from search.specs import load_spec
+    from search.bench.storage import VAL_IMAGES, open_study, worker
+    from search.config.specs import load_spec
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     open_study(url, "b", heartbeat=False)

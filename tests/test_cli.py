@@ -7,8 +7,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from search.specs import load_spec
-from search.study import redact
+from search.config.specs import load_spec
+from search.storage.study import redact
 from tests.conftest import assert_one_line_error, break_image, main_ok, make_kaggle, make_official, run_main
 
 GOOD = """
@@ -265,7 +265,7 @@ SECRET_URLS = [
 
 @pytest.mark.parametrize("url,password", SECRET_URLS)
 def test_passwords_never_appear_in_printed_urls(url, password):
-    from search.study import redact_argv, scrub
+    from search.storage.study import redact_argv, scrub
 
     shown = redact(url)
     assert "hun" not in shown and "ter2" not in shown and shown.startswith(url[:8])

@@ -157,8 +157,8 @@ def test_kill_9_during_cache_build_leaves_no_cache_that_is_used(tmp_path, monkey
 )
 def test_a_device_error_fails_the_trial_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch, error):
     import boneage_core.train as train_mod
-    from search.run import run_study
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import run_study
 
     real = train_mod.train_one_epoch
     calls = {"n": 0}
@@ -233,7 +233,7 @@ def test_a_running_trials_heartbeat_moves_again_after_a_postgres_restart_and_the
 
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    from search.study import open_storage
+    from search.storage.study import open_storage
 
     def wait_for(condition, what: str, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
@@ -248,7 +248,8 @@ def test_a_running_trials_heartbeat_moves_again_after_a_postgres_restart_and_the
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": here, by hand
         trial = optuna.create_study(study_name="beats", storage=storage).ask()
-    with caplog.at_level(logging.WARNING, logger="search.study"), get_heartbeat_thread(trial._trial_id, storage):
+    logger = "search.storage.study"
+    with caplog.at_level(logging.WARNING, logger=logger), get_heartbeat_thread(trial._trial_id, storage):
         wait_for(lambda: _last_beat(postgres_url, trial._trial_id) is not None, "no first heartbeat")
         before = _last_beat(postgres_url, trial._trial_id)
         _pg_ctl("stop")
@@ -283,7 +284,7 @@ def test_passwords_are_redacted_in_prints_user_attrs_and_reports(tmp_path, study
 def test_dashboard_warns_when_bound_beyond_this_machine(monkeypatch, caplog, tmp_path):
     import optuna_dashboard
 
-    from search import dashboard
+    from search.cli import dashboard
 
     served = {}
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port, **kw: served.update(host=host))
@@ -312,8 +313,8 @@ def test_a_full_disk_under_the_study_stops_at_once_with_what_happened(tmp_path, 
 
     import sqlalchemy.exc
 
-    from search.run import SearchFailing, run_study
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import SearchFailing, run_study
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path}/studies/tiny.db"

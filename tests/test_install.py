@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import REPO
 
-PACKAGES = ("boneage_core", "search", "benchmarks")
+PACKAGES = ("boneage_core", "search")  # the two top-level packages the wheel installs
 STUDIES = ("demo", "gpu-demo", "rsna")
 
 
@@ -27,7 +27,7 @@ def _ok(command: list, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_an_installed_wheel_runs_the_packaged_demo_study_from_an_empty_directory(tmp_path):
-    """The wheel holds search/studies/*.toml and a venv with only that wheel installed runs `run` and
+    """The wheel holds search/config/studies/*.toml and a venv with only that wheel installed runs `run` and
     `status` of the default study (demo, shrunk by --set) from an empty directory, reading the
     packaged study file, never the checkout. The new venv borrows this one's dependencies through a
     .pth path line (no torch install); that line adds the directory without running the .pth files in
@@ -45,7 +45,9 @@ def test_an_installed_wheel_runs_the_packaged_demo_study_from_an_empty_directory
     env |= {"HOME": str(tmp_path / "home"), "BONEAGE_CACHE_DIR": str(tmp_path / "cache")}  # phantom, caches
     _ok([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, src], env=env)
     (wheel,) = wheels.glob("boneage_search-*.whl")
-    assert {f"search/studies/{s}.toml" for s in STUDIES} <= set(zipfile.ZipFile(wheel).namelist())
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"search/config/studies/{s}.toml" for s in STUDIES} <= set(names)
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == set(PACKAGES)
 
     venv = tmp_path / "venv"  # without pip of its own: this venv's pip, found through deps.pth, installs
     _ok([sys.executable, "-m", "venv", "--without-pip", venv], env=env)
@@ -56,10 +58,10 @@ def test_an_installed_wheel_runs_the_packaged_demo_study_from_an_empty_directory
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    packaged = site / "search" / "studies" / "demo.toml"
-    where = "import search, search.specs; print(search.__file__); print(search.specs.find_study_file('demo'))"
+    packaged = site / "search" / "config" / "studies" / "demo.toml"
+    where = "import search.config.specs as s; print(s.__file__); print(s.find_study_file('demo'))"
     module, study_file = _ok([python, "-c", where], cwd=empty, env=env).stdout.split()
-    assert Path(module).resolve() == (site / "search" / "__init__.py").resolve()  # the wheel's, not REPO's
+    assert Path(module).resolve() == (site / "search" / "config" / "specs.py").resolve()  # the wheel's, not REPO's
     assert Path(study_file).resolve() == packaged.resolve()
     tiny = ["data.phantom_n=40", "data.image_size=32", "train.epochs=1", "train.backbone=timm:resnet10t"]
     tiny += ["train.head_hidden=16", "space.batch_size.choices=[8]", "baseline.batch_size=8"]

@@ -24,10 +24,10 @@ from boneage_core import BoneAgeError
 from boneage_core.config import DataSettings, TrainConfig
 from boneage_core.dataset import prepare
 from boneage_core.metrics import apply_correction, bootstrap_ci, linear_correction, paired_mae_difference, verdict
-from search.figures import FIGURES
-from search.results import load_baseline, load_retrain
-from search.retrain import Candidate, Recipes, bias_corrections, recipes
-from search.truth import spec_from_study, study_ref
+from search.engine.retrain import Candidate, Recipes, bias_corrections, recipes
+from search.reporting.figures import FIGURES
+from search.storage.results import load_baseline, load_retrain
+from search.storage.truth import spec_from_study, study_ref
 from tests.conftest import REPO, assert_one_line_error, load, main_ok, run_main
 
 
@@ -69,8 +69,8 @@ def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
 
 
 def test_retrain_without_a_completed_trial_is_a_clear_error(tmp_path, study, capsys, monkeypatch):
-    from search.run import _open_for_search
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import _open_for_search
 
     monkeypatch.chdir(tmp_path)
     _open_for_search(load_spec(str(study)), "sqlite:///studies/tiny.db", quiet=True, index=0)  # created, no trial
@@ -350,7 +350,7 @@ def test_bias_correction_needs_the_trials_val_predictions():
 def test_no_search_figure_is_wider_than_the_page_whatever_the_number_of_parameters():
     """Optuna's slice plot asks for 300 px per parameter: with the demo's five it overflowed the
     report page sideways. Every figure takes the page's width instead."""
-    from search.figures import search_figures
+    from search.reporting.figures import search_figures
 
     s = optuna.create_study()
     names = ["lr", "batch_size", "aug_strength", "weight_decay", "dropout"]

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.results import load_baseline
+from search.storage.results import load_baseline
 from tests.conftest import REPO, assert_one_line_error, finished, load, main_ok, run_cli, run_main, start_run
 
 
@@ -69,7 +69,7 @@ def test_two_workers_share_one_budget_without_recording_trials_that_never_ran(tm
 def test_a_new_trial_is_asked_for_only_while_the_budget_has_room(
     n_trials, complete, pruned, running, timed_out, expected
 ):
-    from search.run import next_step
+    from search.engine.run import next_step
 
     c = dict.fromkeys(TrialState, 0)
     c.update({TrialState.COMPLETE: complete, TrialState.PRUNED: pruned, TrialState.RUNNING: running})
@@ -185,8 +185,8 @@ def test_timeout_stops_between_trials(tmp_path, study, capsys):
 
 def test_diverging_trial_is_recorded_as_failed_with_its_reason_and_the_search_goes_on(tmp_path, study, monkeypatch):
     import boneage_core.train as train_mod
-    from search.run import run_study
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import run_study
 
     real = train_mod.loss_fn
     calls = {"n": 0}
@@ -208,8 +208,8 @@ def test_diverging_trial_is_recorded_as_failed_with_its_reason_and_the_search_go
 
 def test_a_search_whose_every_trial_fails_stops_with_the_reason(tmp_path, study, monkeypatch):
     import boneage_core.train as train_mod
-    from search.run import SearchFailing, run_study
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import SearchFailing, run_study
 
     monkeypatch.setattr(train_mod, "loss_fn", lambda name, pred, target: (pred - target).mean() * float("nan"))
     monkeypatch.chdir(tmp_path)
@@ -221,8 +221,8 @@ def test_a_search_whose_every_trial_fails_stops_with_the_reason(tmp_path, study,
 def test_search_never_reads_the_test_split(tmp_path, study, monkeypatch):
     import boneage_core.cache as cache_mod
     from boneage_core.dataset import prepare
-    from search.run import run_study
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.run import run_study
 
     decoded = []
     real = cache_mod.load_pixels  # every pixel the cache build decodes goes through it
@@ -351,8 +351,8 @@ def test_a_trial_releases_its_model_before_the_next_starts(study, monkeypatch, o
 
     import boneage_core.train as train_mod
     from boneage_core.dataset import SplitsBySize
-    from search.objective import TRIAL_FAILURES, make_objective
-    from search.specs import load_spec
+    from search.config.specs import load_spec
+    from search.engine.objective import TRIAL_FAILURES, make_objective
 
     refs = []
     real_build = train_mod.build_model
@@ -392,13 +392,13 @@ def test_a_trial_releases_its_model_before_the_next_starts(study, monkeypatch, o
     ],
 )
 def test_workers_take_the_parents_visible_gpus_in_turn(workers, visible, count, expected):
-    from search.workers import worker_devices
+    from search.engine.workers import worker_devices
 
     assert worker_devices(workers, visible, count) == expected
 
 
 def test_workers_on_one_gpu_split_its_memory_and_workers_on_their_own_gpus_do_not():
-    from search.workers import device_shares
+    from search.engine.workers import device_shares
 
     assert device_shares([None, None, None]) == [1 / 3] * 3  # one GPU (or none): all share it
     assert device_shares(["0", "1"]) == [1.0, 1.0]
@@ -408,7 +408,7 @@ def test_workers_on_one_gpu_split_its_memory_and_workers_on_their_own_gpus_do_no
 def test_each_worker_process_starts_with_its_own_gpu_and_the_parents_environment_is_kept(monkeypatch):
     """start_workers gives worker i the i-th device in CUDA_VISIBLE_DEVICES as the process starts (CUDA
     reads it once), and leaves this process's own setting as it was."""
-    from search import workers
+    from search.engine import workers
 
     seen = []
 
@@ -440,7 +440,7 @@ def test_a_study_name_reads_the_current_directorys_studies_folder_first(tmp_path
     assert "study 'tiny' (studies/tiny.toml)" in r.stdout
     status = main_ok("status", "--study", "tiny", cwd=tmp_path, capsys=capsys).stdout
     assert "settings: stored in the study in sqlite:///studies/tiny.db (created by `python -m search run" in status
-    from search.specs import load_spec, packaged_studies
+    from search.config.specs import load_spec, packaged_studies
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "studies" / "demo.toml").write_text(

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from boneage_core.metrics import verdict
-from search.results import RetrainResult, from_json, load_baseline, load_retrain, to_json
+from search.storage.results import RetrainResult, from_json, load_baseline, load_retrain, to_json
 from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
 
@@ -155,7 +155,7 @@ def test_studies_this_version_cannot_rebuild_are_one_line(tmp_path, study, capsy
 
 def test_data_dir_is_taken_as_given(tmp_path):
     """--data DIR is the data's path as typed: a backslash or a quote in it is no TOML to parse."""
-    from search.specs import apply_given
+    from search.config.specs import apply_given
 
     odd = str(tmp_path / 'a \\ b\'s "dir"')
     assert apply_given({"data": {"source": "phantom"}}, [], odd)["data"]["source"] == odd

@@ -8,10 +8,10 @@ import optuna
 import pytest
 
 from boneage_core.config import SEED_RECIPE
-from search.report import status_text
-from search.results import BaselineResult, store
-from search.specs import load_spec
-from search.truth import StudyRef
+from search.config.specs import load_spec
+from search.reporting.report import status_text
+from search.storage.results import BaselineResult, store
+from search.storage.truth import StudyRef
 from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
 

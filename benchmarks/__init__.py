@@ -1,6 +1,0 @@
-"""The performance benchmarks behind `python -m search bench`, one module per benchmark, each a ratio
-measured side by side in one run (see benchmarks.run). They use boneage_core and search as a user
-would and add nothing to either."""
-
-# A PostgreSQL server on which the storage benchmark (and the test suite) may make a scratch database
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

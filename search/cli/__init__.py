@@ -1,0 +1,1 @@
+"""The command line: argument parsing, one-line errors and exit codes, and the commands themselves."""

@@ -1,0 +1,199 @@
+"""One function per CLI command: build the spec and storage from the arguments, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from boneage_core import BoneAgeError
+from search.config.specs import shown_path
+from search.storage.study import redact
+from search.storage.truth import StudyRef, open_existing, study_ref
+
+
+def _ref(args: argparse.Namespace) -> StudyRef:
+    return study_ref(args.study, args.storage, args.overrides)
+
+
+def _rewrite_note(study, ref: StudyRef) -> None:
+    """The dashboard note from the study's results. The command's own result is stored by then, so a
+    note that cannot be written (another result of the study unreadable) is said, not a failure."""
+    from search.reporting.report import save_study_note
+
+    try:
+        save_study_note(study, ref)
+    except BoneAgeError as exc:
+        print(f"warning: the dashboard note was not rewritten: {exc}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """A new study is created from its file and --set; an existing one resumes on its own settings."""
+    from search.engine.run import run_study
+    from search.storage.truth import existing_study, file_edits, spec_for_run
+
+    ref = _ref(args)
+    spec, resumed = spec_for_run(ref, args.overrides, args.data)
+    if not args.quiet:
+        origin = "its stored settings" if resumed else shown_path(spec.path)
+        print(
+            f"study '{spec.name}' ({origin}) in {redact(ref.url)}: searching "
+            f"{', '.join(spec.space) or 'nothing'} until {args.trials} trials have finished",
+            flush=True,
+        )
+    if resumed and (edited := file_edits(ref, spec, args.overrides, args.data)):
+        print(f"note: {edited}; start a new study with --set study.name=<new name> to use the file's", flush=True)
+    start = time.monotonic()
+    out = run_study(spec, ref.url, args.trials, args.workers, args.timeout, args.quiet, argv=argv)
+    if not args.quiet:
+        best = f"{out.best_value:.2f} months" if out.best_value is not None else "none yet"
+        print(
+            f"{out.finished} finished trials ({out.pruned} pruned, {out.failed} failed), best val MAE {best}, "
+            f"{time.monotonic() - start:.0f} s this run"
+        )
+        if out.timed_out:
+            print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
+        from search.storage.results import BASELINE_ATTR
+
+        study = existing_study(ref)
+        if study is not None and BASELINE_ATTR in study.user_attrs:
+            print(f"next: {ref.hint('retrain')}")
+        else:
+            print(f"next: {ref.hint('baseline')}, then {ref.hint('retrain')}")
+    return 0
+
+
+def baseline(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.engine.baseline import run_baseline
+    from search.reporting.words import format_seeds
+
+    ref = _ref(args)
+    study, spec = open_existing(ref, args.overrides, args.data)
+    b = spec.baseline
+    if not args.quiet:
+        print(
+            f"seed recipe on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+            f"{b.epochs} epochs, batch {b.batch_size}",
+            flush=True,
+        )
+    record = run_baseline(spec, study, args.quiet, seeds=args.seeds, argv=argv)
+    _rewrite_note(study, ref)
+    sd = f", SD {record.val_mae_sd:.2f}" if record.val_mae_sd is not None else ""
+    print(
+        f"seed recipe val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
+        f"({format_seeds(record.val_mae_per_seed)}{sd}; {record.wall_time_s:.0f} s); "
+        f"mean predictor {record.mean_predictor_val_mae_months:.2f} months; recorded in {redact(ref.url)}"
+    )
+    if not args.quiet:
+        print(f"next: {ref.hint('retrain')}")
+    return 0
+
+
+def _is_recipe_override(item: str) -> bool:
+    return item.partition("=")[0].strip().startswith(("train.", "baseline."))
+
+
+def retrain(args: argparse.Namespace, argv: list[str]) -> int:
+    """--set train.* and --set baseline.* are deliberate changes for this retrain (to the tuned recipes
+    and to the seed recipe), recorded and shown; every other setting must match the study's."""
+    from search.config.specs import apply_overrides
+    from search.engine.retrain import retrain as run_retrain
+    from search.reporting.words import retrain_lines
+
+    ref = _ref(args)
+    deliberate = [o for o in args.overrides if _is_recipe_override(o)]
+    study, spec = open_existing(ref, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
+    changes = apply_overrides({}, deliberate)
+    out = run_retrain(
+        spec,
+        study,
+        ref,
+        seeds=args.seeds,
+        tta=args.tta,
+        train_overrides=changes.get("train", {}),
+        baseline_overrides=changes.get("baseline", {}),
+        quiet=args.quiet,
+        argv=argv,
+        top_k=args.top_k,
+        bias_correction=args.bias_correction,
+    )
+    _rewrite_note(study, ref)
+    print("\n".join(retrain_lines(out)))
+    print(f"recorded in the study; prediction files in results/{spec.name}/; next: {ref.hint('report')}")
+    return 0
+
+
+def report(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.reporting.report import write_report
+
+    ref = _ref(args)
+    study, _ = open_existing(ref, args.overrides, args.data, read_only=True)
+    try:
+        out = write_report(study, ref, argv=argv)
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
+    print(f"report written to {out}/ (open {out}/index.html)")
+    return 0
+
+
+def status(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.reporting.report import status_text
+
+    ref = _ref(args)
+    study, _ = open_existing(ref, args.overrides, args.data, read_only=True)
+    print(status_text(study, ref))
+    return 0
+
+
+def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.cli.dashboard import serve
+
+    ref = _ref(args)
+    if args.overrides or args.data:  # settings are the study's: a differing one is refused as elsewhere
+        open_existing(ref, args.overrides, args.data, read_only=True)
+    serve(ref.url, args.host, args.port, ref.name)
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS, write_phantom
+
+    if args.data_command == "make-phantom":
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BoneAgeError(f"{out} already exists and is not an empty directory; choose a new folder")
+        try:
+            out = write_phantom(out, args.n, args.seed, quiet=False)
+        except OSError as exc:
+            raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
+        print(
+            f"wrote {args.n} phantom radiographs to {out} (label noise floor: MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months)"
+        )
+        return 0
+    if args.data_command == "check":
+        from boneage_core.inspection import check_directory
+
+        text, problem = check_directory(args.dir, quiet=False)
+        print(text, flush=True)
+        if problem:
+            raise BoneAgeError(problem)
+        return 0
+    from boneage_core.config import check_image_size
+    from boneage_core.dataset import DataSettings, prepare
+
+    check_image_size(args.size, "--size")
+    decoded = prepare(DataSettings(source=args.dir, seed=args.seed), args.size, quiet=False)
+    print(f"cached {len(decoded.table)} images at {args.size} px")
+    return 0
+
+
+def bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from search.bench.run import run_bench
+
+    # a quick or partial run never overwrites the full figures in results/bench
+    default = "results/bench-quick" if args.quick else "results/bench-partial" if args.only else "results/bench"
+    out = args.out or default
+    report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials, argv=argv)
+    print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
+    return 0

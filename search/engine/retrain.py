@@ -1,0 +1,401 @@
+"""Retrain the best trial's config and the seed recipe on train+val; the final test MAE, seed-aware.
+
+The test split is read here and by the report only. Every recipe trains on the same train+val images
+and is scored on the same test images, K seeds each: the best trial's config, with --top-k the next
+best distinct configurations and their average (the top-k ensemble), with --bias-correction each tuned
+model corrected by a line fitted on its trials' val predictions, and the seed recipe. Every comparison
+resamples seeds as well as test images (boneage_core.metrics): on an earlier demo the seed recipe's
+test MAE ran from 13.2 to 19.0 months over three seeds, far more than the test set's own uncertainty.
+
+Every epoch is checkpointed under a key of everything that decides the weights (config, seed, data
+fingerprint, the images trained on and scored), so an interrupted retrain resumes where it stopped and
+a changed study, best trial or dataset trains anew instead of reusing a stale model. Predictions per
+image and seed are written as CSV, so any metric can be recomputed later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from boneage_core import BoneAgeError
+from boneage_core.config import RUNTIME_FIELDS, TrainConfig, make_config
+from boneage_core.dataset import Split, SplitsBySize
+from boneage_core.metrics import (
+    apply_correction,
+    bootstrap_ci,
+    group_counts,
+    linear_correction,
+    paired_mae_difference,
+    paired_seed_aware_difference,
+    regression_metrics,
+    seed_aware_mae,
+    summarize_seeds,
+    verdict,
+)
+from boneage_core.train import FitResult, fit, predict_months
+from search.config.space import config_from_params
+from search.config.specs import StudySpec
+from search.storage.provenance import device_description, provenance, record_command
+from search.storage.results import (
+    Comparison,
+    Correction,
+    Difference,
+    MaeEstimate,
+    Member,
+    RecipeScore,
+    RetrainResult,
+    from_json,
+    store,
+    to_json,
+    write_files,
+)
+from search.storage.settings import check_settings, config_changes, study_settings
+from search.storage.study import attach_files
+from search.storage.trials import VAL_PREDICTIONS_ATTR, record_skipped
+from search.storage.truth import StudyRef
+
+# Every recipe retrain can score, in the order every table and figure lists them
+RECIPES = ("best", "best_corrected", "ensemble", "ensemble_corrected", "baseline")
+# Comparisons beyond best minus seed recipe (the verdict), each (a, b) for a minus b, where both exist:
+# the final models against the seed recipe, the ensemble against its best member, each bias correction
+# against the same models uncorrected (before and after).
+COMPARED = (
+    ("ensemble", "baseline"),
+    ("ensemble_corrected", "baseline"),
+    ("best_corrected", "baseline"),
+    ("ensemble", "best"),
+    ("best_corrected", "best"),
+    ("ensemble_corrected", "ensemble"),
+)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One of the top-k configurations to train: its rank, trial, val MAE, params and config."""
+
+    rank: int  # 1 is the best trial
+    trial: int
+    val_mae_months: float
+    params: dict[str, Any]
+    config: TrainConfig
+    val_pred_months: list[float] | None  # the trial's own val predictions
+
+    @property
+    def name(self) -> str:
+        """Its name in files: 'best' for the best trial, as ever, then 'top2', 'top3', ..."""
+        return "best" if self.rank == 1 else f"top{self.rank}"
+
+
+@dataclasses.dataclass
+class Recipes:
+    """What retrain trains: each recipe's config, and how it departs from the study's record."""
+
+    configs: dict[str, TrainConfig]
+    best_trial: int
+    overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from --set
+    seed_recipe_modified: dict[str, list[Any]]  # retrain's --set baseline.* against the study's seed recipe
+    members: list[Candidate] = dataclasses.field(default_factory=list)  # top-k, best first
+
+
+def top_trials(study: optuna.Study, k: int, run_hint: str = "python -m search run") -> list[optuna.trial.FrozenTrial]:
+    """The k best completed trials with distinct parameters, best first (the study's best trial leads;
+    a configuration drawn twice counts once, by its better value)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `{run_hint}` first")
+    best = study.best_trial
+    ranked = [best] + sorted((t for t in done if t.number != best.number), key=lambda t: (t.value, t.number))
+    distinct: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in ranked:
+        distinct.setdefault(json.dumps(t.params, sort_keys=True), t)
+    if len(distinct) < k:
+        raise BoneAgeError(
+            f"--top-k {k}: study '{study.study_name}' has {len(distinct)} completed trial(s) with distinct "
+            f"parameters; ask for {len(distinct)} or fewer, or run more trials"
+        )
+    return list(distinct.values())[:k]
+
+
+def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
+    """A trial's config rebuilt from what it recorded, through suggest_config on a FixedTrial of its params."""
+    recorded = trial.user_attrs.get("config")
+    if recorded is None:
+        raise BoneAgeError(f"trial {trial.number} recorded no config: it was not run by `python -m search run`")
+    runtime = {k: getattr(spec.train, k) for k in RUNTIME_FIELDS}  # where this command runs, not where it did
+    return config_from_params(trial.params, make_config({**recorded, **runtime}), spec.space)
+
+
+def recipes(
+    study: optuna.Study,
+    spec: StudySpec,
+    train_overrides: dict[str, Any],
+    baseline_overrides: dict[str, Any] | None = None,
+    top_k: int = 1,
+    run_hint: str = "python -m search run",
+) -> Recipes:
+    """The best trial rebuilt from the config that trial itself recorded (through suggest_config on a
+    FixedTrial of its params, so search and retrain read parameters alike), the next top_k - 1 distinct
+    configurations alike, and the study's seed recipe. --set train.* changes the tuned recipes (the best
+    and the ensemble's members) only and --set baseline.* the seed recipe only; runtime fields (device)
+    apply to all. spec is the study's own (search.storage.truth). Every change is returned, to be recorded and
+    shown."""
+    trials = top_trials(study, top_k, run_hint)
+    members = []
+    for rank, t in enumerate(trials, start=1):
+        cfg = make_config(train_overrides, _trial_config(t, spec))
+        val_pred = t.user_attrs.get(VAL_PREDICTIONS_ATTR)
+        members.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
+    best = _trial_config(trials[0], spec)
+    runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}
+    seed_used = make_config({**runtime, **(baseline_overrides or {})}, spec.baseline)
+    changed = config_changes(spec.baseline, seed_used)
+    return Recipes(
+        configs={"best": members[0].config, "baseline": seed_used},
+        best_trial=trials[0].number,
+        overrides={"best": config_changes(best, members[0].config), "baseline": changed},
+        seed_recipe_modified=changed,
+        members=members,
+    )
+
+
+def checkpoint_key(cfg: TrainConfig, fingerprint: str, trained: Split, scored: Split) -> str:
+    """Everything that decides a checkpoint's weights and what it is scored on, hashed: a change to any
+    makes a new checkpoint file, so no stale model is ever loaded."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    h.update(json.dumps({"config": config, "data": fingerprint}, sort_keys=True).encode())
+    for split in (trained, scored):
+        h.update(("|".join(map(str, split.ids)) + "\n").encode())
+    return h.hexdigest()[:12]
+
+
+def _mae(preds: np.ndarray, test: Split) -> MaeEstimate:
+    return MaeEstimate(**seed_aware_mae(preds, test.age_months))
+
+
+def recipe_score(preds: np.ndarray, test: Split, **what: Any) -> RecipeScore:
+    """One recipe's test figures from its (seeds, images) predictions: every metric as mean and SD over
+    seeds, the MAE's two-stage bootstrap CI (seeds, then images), and the seed ensemble (the average of
+    the seeds' predictions) as a separate, labelled model."""
+    per_seed = [regression_metrics(p, test.age_months, test.male) for p in preds]
+    over_seeds = summarize_seeds(per_seed)
+    ensemble = preds.mean(axis=0)
+    ens_abs = np.abs(ensemble - test.age_months)
+    return RecipeScore(
+        mae=_mae(preds, test),
+        mae_per_seed=[m["mae_months"] for m in per_seed],
+        metrics_mean=over_seeds["mean"],
+        metrics_sd=over_seeds["sd"],
+        metrics_per_seed=per_seed,
+        seed_ensemble={
+            **regression_metrics(ensemble, test.age_months, test.male),
+            **dict(zip(("mae_ci_low", "mae_ci_high"), bootstrap_ci(ens_abs), strict=True)),
+        },
+        pred_months=np.round(preds, 3).tolist(),
+        **what,
+    )
+
+
+def _train_seeds(
+    name: str, label: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool
+):
+    """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
+    flip TTA, and (for the seed recipe) without batch-norm re-estimation."""
+    trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
+    preds, tta_preds, raw_preds = [], [], []
+    for k in range(seeds):
+        c = dataclasses.replace(cfg, seed=cfg.seed + k)
+        shown = f"retrain {label}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
+        key = checkpoint_key(c, data.fingerprint(), trainval, test)
+        r: FitResult = fit(
+            c,
+            trainval,
+            test,
+            checkpoint=ckpt_dir / f"{name}-seed{k}-{key}.pt",
+            eval_each_epoch=False,
+            eval_without_bn_reestimation=name == "baseline",
+            progress=None if quiet else shown,
+            eval_label="test",
+        )
+        preds.append(r.pred_months)
+        if r.pred_months_without_bn_reestimation is not None:
+            raw_preds.append(r.pred_months_without_bn_reestimation)
+        if tta:
+            tta_preds.append(predict_months(r, test, dataclasses.replace(c, tta_flip=True)))
+    return np.array(preds), np.array(tta_preds), np.array(raw_preds)
+
+
+def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, Correction]:
+    """Slope and intercept for the best recipe and (with top-k) the ensemble, each fitted on the val
+    predictions its trials made when they were searched: images those models never trained on. A
+    BoneAgeError, before anything trains, where --set changed the recipe."""
+    if plan.overrides["best"]:
+        raise BoneAgeError(
+            "--bias-correction fits its line on the trials' own val predictions, which a --set train.* change "
+            "of what the recipe learns makes stale; drop one or the other"
+        )
+    for m in plan.members:
+        if m.val_pred_months is None or len(m.val_pred_months) != len(val_months):
+            raise BoneAgeError(f"--bias-correction: trial {m.trial} recorded no val prediction for every val image")
+    best = np.array(plan.members[0].val_pred_months)
+    out = {"best": Correction(**linear_correction(best, val_months), trials=[plan.best_trial])}
+    if len(plan.members) > 1:
+        ensemble = np.mean([m.val_pred_months for m in plan.members], axis=0)
+        out["ensemble"] = Correction(**linear_correction(ensemble, val_months), trials=[m.trial for m in plan.members])
+    return out
+
+
+def _tuned_models(
+    plan: Recipes, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[Member]]:
+    """Each top-k member trained (the best first; with top_k 1 only the best)."""
+    test = data.split(plan.configs["best"].image_size, "test")
+    preds, tta_preds, members = {}, {}, []
+    for m in plan.members:
+        start = time.perf_counter()
+        label = "best" if m.rank == 1 else f"top-{m.rank} trial {m.trial}"
+        preds[m.name], tta_preds[m.name], _ = _train_seeds(m.name, label, m.config, seeds, data, ckpt_dir, tta, quiet)
+        members.append(
+            Member(
+                rank=m.rank,
+                trial=m.trial,
+                val_mae_months=m.val_mae_months,
+                params=m.params,
+                config=m.config.to_dict(),
+                mae=_mae(preds[m.name], test),
+                mae_per_seed=np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
+                wall_time_s=round(time.perf_counter() - start, 1),
+                pred_months=np.round(preds[m.name], 3).tolist(),
+            )
+        )
+    return preds, tta_preds, members
+
+
+def _derived(
+    preds: dict[str, np.ndarray], tta_preds: dict[str, np.ndarray], plan: Recipes, corrections: dict[str, Correction]
+) -> None:
+    """The final models built from trained ones, added in place: the top-k ensemble (for each seed k,
+    the average of every member's seed-k model) and each bias-corrected model."""
+    names = [m.name for m in plan.members]
+    if len(names) > 1:
+        preds["ensemble"] = np.mean([preds[n] for n in names], axis=0)
+        if all(len(tta_preds[n]) for n in names):
+            tta_preds["ensemble"] = np.mean([tta_preds[n] for n in names], axis=0)
+    for name, line in corrections.items():
+        preds[f"{name}_corrected"] = apply_correction(preds[name], dataclasses.asdict(line))
+        if len(tta_preds.get(name, [])):
+            tta_preds[f"{name}_corrected"] = apply_correction(tta_preds[name], dataclasses.asdict(line))
+
+
+def retrain(
+    spec: StudySpec,
+    study: optuna.Study,
+    ref: StudyRef,
+    seeds: int = 3,
+    tta: bool = False,
+    train_overrides: dict[str, Any] | None = None,
+    baseline_overrides: dict[str, Any] | None = None,
+    results_dir: Path = Path("results"),
+    checkpoint_dir: Path = Path("checkpoints"),
+    quiet: bool = False,
+    argv: list[str] | None = None,
+    top_k: int = 1,
+    bias_correction: bool = False,
+) -> RetrainResult:
+    """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
+    study's seed recipe (changed only by baseline_overrides), K seeds each, on the study's data. spec is
+    the study's own (search.storage.truth). bias_correction adds each tuned model corrected by a line fitted on
+    its trials' val predictions. The command (argv) is recorded in the study before training; the
+    result is stored in the study (search.storage.results), the only copy every view reads; the prediction files
+    and retrain.json in results/<study>/ are copies, attached to the study as artifacts."""
+    data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
+    check_settings(study, study_settings(spec, data.fingerprint()), store=False)
+    plan = recipes(study, spec, train_overrides or {}, baseline_overrides, top_k, ref.hint("run"))
+    val_months = data.split(spec.train.image_size, "val").age_months
+    corrections = bias_corrections(plan, val_months) if bias_correction else {}
+    command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
+    record_command(study, command)
+    record_skipped(study, data.skipped())
+    test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
+    out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
+    preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)
+    start = time.perf_counter()
+    preds["baseline"], tta_preds["baseline"], raw = _train_seeds(
+        "baseline", "seed recipe", plan.configs["baseline"], seeds, data, ckpt_dir, tta, quiet
+    )
+    seed_wall = round(time.perf_counter() - start, 1)
+    _derived(preds, tta_preds, plan, corrections)
+    scores = {}
+    for name in (n for n in RECIPES if n in preds):  # best, its correction, the ensemble, its correction, seed
+        what: dict[str, Any] = {}
+        if name in ("best", "baseline"):
+            what["config"] = plan.configs[name].to_dict()
+        else:
+            what["trials"] = [m.trial for m in members] if name.startswith("ensemble") else [plan.best_trial]
+        if len(tta_preds.get(name, [])):
+            what["tta_flip"] = _mae(tta_preds[name], test)
+        if name == "best":
+            what["wall_time_s"] = members[0].wall_time_s
+        elif name == "ensemble":  # every member's training, the best's included
+            what["wall_time_s"] = round(sum(m.wall_time_s for m in members), 1)
+        elif name == "baseline":
+            what["wall_time_s"] = seed_wall
+            if len(raw):  # the seed recipe evaluated exactly as the seed project did
+                what["without_bn_reestimation"] = _mae(raw, test)
+        scores[name] = recipe_score(preds[name], test, **what)
+    result = RetrainResult(
+        study=spec.name,
+        best_trial=plan.best_trial,
+        n_trainval=len(data.split(spec.train.image_size, "train", "val")),
+        seeds=seeds,
+        tta=tta,
+        top_k=len(plan.members),
+        test_ids=[str(i) for i in test.ids],
+        test_age_months=[round(float(a), 4) for a in test.age_months],  # as labelled, not float32's tail
+        test_male=[bool(m) for m in test.male],
+        group_n=group_counts(test.age_months, test.male),
+        data_fingerprint=data.fingerprint(),
+        recipes=scores,
+        members=members,
+        best_minus_baseline=comparison(preds["best"], preds["baseline"], test),
+        comparisons={
+            f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
+        },
+        overrides=plan.overrides,
+        seed_recipe_modified=plan.seed_recipe_modified,
+        bias_correction=corrections,
+        command=command,
+        best_minus_baseline_tta_flip=comparison(tta_preds["best"], tta_preds["baseline"], test) if tta else None,
+    )
+    result = from_json(RetrainResult, to_json(result))  # as every reader will see it: NaN as None
+    store(study, result)
+    attach_files(study, ref.url, write_files(result, out_dir))  # copies, listed in optuna-dashboard
+    return result
+
+
+def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
+    """results/<study>/ and checkpoints/<study>/, made. An earlier retrain's prediction files stay until
+    the new result is stored: results.write_files replaces them then, so the folder never mixes two."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BoneAgeError(f"cannot write results or checkpoints ({exc.strerror}: {exc.filename})") from None
+    return out_dir, ckpt_dir
+
+
+def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> Comparison:
+    """A minus B on the same test images: the seed-aware paired difference and its verdict, and,
+    labelled apart, the difference of the two seed ensembles (a CI over images only)."""
+    d = paired_seed_aware_difference(best, seed_recipe, test.age_months)
+    ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(seed_recipe.mean(0) - test.age_months))
+    return Comparison(**d, verdict=verdict(d), ensembles=Difference(**ens))

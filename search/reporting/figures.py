@@ -1,0 +1,337 @@
+"""The report's figures, each with a title and a one-line caption saying how to read it.
+
+Optuna's own plots are used for what they draw (history, pruning curves, importances, parallel
+coordinates, slices) and given what they lack: units, readable parameter names, log scales where MAE
+spans a wide range, integer epochs, the seed recipe as the band of its seeds. One colour-blind-safe
+palette (Okabe-Ito) everywhere: blue for the best recipe, orange for the seed recipe, grey for the
+other trials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from boneage_core.metrics import AGE_BRACKETS_MONTHS
+from search.storage.results import BaselineResult, RetrainResult
+
+# Every recipe retrain can score, in the order every table and figure lists them, and its colour
+# (Okabe-Ito, safe for colour-blind readers): blue the best, orange the seed recipe.
+NAMES = {
+    "best": "best",
+    "best_corrected": "bias-corrected best",
+    "ensemble": "top-k ensemble",
+    "ensemble_corrected": "bias-corrected top-k ensemble",
+    "baseline": "seed recipe",
+}
+COLOURS = {
+    "best": "#0072B2",
+    "best_corrected": "#56B4E9",
+    "ensemble": "#009E73",
+    "ensemble_corrected": "#CC79A7",
+    "baseline": "#E69F00",
+    "trials": "#999999",
+    "accent": "#56B4E9",
+}
+CORNERS = ("top left", "top right", "bottom right")  # one per model in the Bland-Altman figure
+BAND = "rgba(230, 159, 0, 0.25)"  # the seed recipe's orange, see-through
+GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
+    ("mae_male_months", "male", "male"),
+    ("mae_female_months", "female", "female"),
+]
+PARAM_LABELS = {
+    "lr": "learning rate",
+    "batch_size": "batch size",
+    "aug_strength": "augmentation strength",
+    "weight_decay": "weight decay",
+    "image_size": "image size (px)",
+    "dropout": "dropout",
+    "epochs": "epochs",
+    "loss": "loss",
+    "optimizer": "optimizer",
+    "schedule": "schedule",
+}
+VAL = "val MAE (months)"
+
+# name: (title, caption); the order is the page's
+FIGURES = {
+    "optimization_history": (
+        "Search history",
+        "Each complete trial's val MAE (one seed each, grey) and the best so far (blue), on a log scale so "
+        "one diverged trial does not flatten the rest; the orange band is the seed recipe's range over its "
+        "seeds, the dashed line their mean. A trial below the band did better than every seed of it.",
+    ),
+    "intermediate_values": (
+        "Pruning curves",
+        "Val MAE after each epoch of every trial (grey; pruned trials stop early), the best trial in blue, "
+        "and the seed recipe's per-epoch range over its seeds (orange band). Log scale.",
+    ),
+    "param_importances": (
+        "Which parameters mattered",
+        "Optuna's fANOVA importance: the share of the variation in val MAE across complete trials that "
+        "each parameter explains. A few trials make this rough.",
+    ),
+    "parallel_coordinate": (
+        "Parameters of every trial",
+        "One line per complete trial across its parameter values, coloured by val MAE (darker is lower).",
+    ),
+    "slice": (
+        "Val MAE against each parameter",
+        "Each complete trial at its value of one parameter; colour says how late in the search it ran.",
+    ),
+    "baseline_vs_best": (
+        "Final test MAE",
+        "Each recipe retrained on train+val: the mean test MAE over its seeds, with the 95% CI over seeds "
+        "and test images. Overlapping bars are not the verdict: the paired difference above is.",
+    ),
+    "predicted_vs_true": (
+        "Predicted against true bone age",
+        "Each test image, predicted by the average of a recipe's seeds; the dashed line is perfect agreement.",
+    ),
+    "bland_altman": (
+        "Agreement (Bland-Altman)",
+        "Error against the mean of predicted and true age, per test image; the lines are each recipe's "
+        "bias and its 95% limits of agreement, with their values.",
+    ),
+    "mae_by_group": (
+        "Test MAE by age and sex",
+        "Mean over seeds, error bars one SD over seeds; n is the number of test images in the group, so a "
+        "bar over few images says little.",
+    ),
+}
+
+
+def _style(fig, title: str, x_title: str | None = None, y_title: str | None = None):
+    fig.update_layout(template="plotly_white", title=title, margin=dict(l=80, r=30, t=60, b=60))
+    if x_title is not None:
+        fig.update_xaxes(title=x_title)
+    if y_title is not None:
+        fig.update_yaxes(title=y_title)
+    return fig
+
+
+def _seed_band(fig, x: list[float], low: list[float], high: list[float], label: str) -> None:
+    """The seed recipe's range over its seeds as a band: traces, not shapes (shapes on a log axis take
+    log10 units, and renderers disagree on them)."""
+    edge = dict(mode="lines", line=dict(width=0, color=COLOURS["baseline"]), hoverinfo="skip")
+    fig.add_scatter(x=x, y=low, showlegend=False, **edge)
+    fig.add_scatter(x=x, y=high, fill="tonexty", fillcolor=BAND, name=label, **edge)
+
+
+def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
+    import optuna.visualization as vis
+
+    fig = vis.plot_optimization_history(study, target_name=VAL)
+    for trace in fig.data:  # Optuna's "Objective Value" markers and "Best Value" line
+        if trace.mode == "markers":
+            trace.update(name="trial (one seed)", marker=dict(color=COLOURS["trials"], size=7))
+        else:
+            trace.update(name="best so far", line=dict(color=COLOURS["best"], width=2))
+    _style(fig, FIGURES["optimization_history"][0], "trial", "val MAE (months, log scale)")
+    fig.update_yaxes(type="log")
+    if base:
+        per_seed = base.val_mae_per_seed
+        x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
+        _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, f"seed recipe: range of {len(per_seed)} seeds")
+        fig.add_scatter(
+            x=x,
+            y=[base.val_mae_months] * 2,
+            mode="lines",
+            line=dict(dash="dash", color=COLOURS["baseline"]),
+            name=f"seed recipe: mean {base.val_mae_months:.2f}",
+        )
+    return fig
+
+
+def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
+    """Drawn here rather than by plot_intermediate_values, which colours every trial differently and
+    has no place for the seed recipe."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    best = study.best_trial.number if any(t.state == TrialState.COMPLETE for t in trials) else None
+    first_other = next((t.number for t in trials if t.number != best), None)
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        is_best = t.number == best
+        fig.add_scatter(
+            x=steps,
+            y=[t.intermediate_values[s] for s in steps],
+            mode="lines+markers",
+            line=dict(color=COLOURS["best" if is_best else "trials"], width=3 if is_best else 1),
+            marker=dict(size=4),
+            opacity=1 if is_best else 0.6,
+            name=f"best trial ({t.number})" if is_best else "trials (pruned ones end early)",
+            legendgroup="best" if is_best else "trials",
+            showlegend=is_best or t.number == first_other,  # one legend entry for all the others
+            hovertemplate=f"trial {t.number}, epoch %{{x}}: %{{y:.2f}} months<extra></extra>",
+        )
+    histories = base.histories if base else []
+    if histories:
+        epochs = min(len(h) for h in histories)
+        per_epoch = np.array([[h[e]["val_mae_months"] for e in range(epochs)] for h in histories])
+        x = list(range(1, epochs + 1))
+        _seed_band(
+            fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), f"seed recipe: range of {len(histories)} seeds"
+        )
+    _style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
+    fig.update_xaxes(dtick=1, tick0=1)
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def _readable_params(fig) -> None:
+    """Parameter names as words on every axis Optuna labels with a field name; log axes in powers of
+    ten instead of SI prefixes (a '100μ' learning rate)."""
+    for axis in fig.layout:
+        if axis.startswith(("xaxis", "yaxis")):
+            ax = fig.layout[axis]
+            title = ax.title.text if ax.title is not None else None
+            if title in PARAM_LABELS:
+                ax.title.text = PARAM_LABELS[title]
+            if ax.type == "log":
+                ax.exponentformat = "power"
+
+
+def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str, Any]:
+    import optuna.visualization as vis
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return {}
+    figs = {"optimization_history": history_figure(study, base), "intermediate_values": pruning_figure(study, base)}
+    if len(complete) < 2 or not study.best_trial.params:
+        return figs
+    imp = vis.plot_param_importances(study, target_name=VAL)
+    imp.update_traces(marker_color=COLOURS["accent"], textposition="outside", cliponaxis=False)
+    imp.data[0].y = tuple(PARAM_LABELS.get(p, p) for p in imp.data[0].y)
+    _style(imp, FIGURES["param_importances"][0], "importance (share of val MAE variation)", "")
+    imp.update_yaxes(automargin=True, ticksuffix="  ")
+    par = vis.plot_parallel_coordinate(study, target_name=VAL)
+    axis = par.layout.xaxis  # Optuna 5 draws the axes as x ticks: val MAE, then each parameter
+    axis.ticktext = tuple(VAL if t == VAL.split(" (")[0] else PARAM_LABELS.get(t, t) for t in axis.ticktext)
+    _style(par, FIGURES["parallel_coordinate"][0])
+    sl = vis.plot_slice(study, target_name=VAL)
+    sl.layout.width = None  # Optuna sets 300 px per parameter: five overflow the page; the page's width instead
+    _style(sl, FIGURES["slice"][0])
+    _readable_params(sl)
+    return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}
+
+
+def recipe_name(name: str, retrained: RetrainResult) -> str:
+    """'best', 'bias-corrected top-3 ensemble', 'seed recipe' ('modified seed recipe' where retrain --set
+    baseline.* changed it): a recipe of a retrain, as every view names it."""
+    if name == "baseline" and retrained.seed_recipe_modified:
+        return "modified seed recipe"
+    return NAMES[name].replace("top-k", f"top-{retrained.top_k}")
+
+
+def test_figures(retrained: RetrainResult) -> dict[str, Any]:
+    """The final test's figures, from the stored result's per-image predictions."""
+    true = np.array(retrained.test_age_months)
+    seeds = retrained.seeds
+    which = f"average of {seeds} seeds" if seeds > 1 else "one seed"
+    # per image, the models themselves: a bias correction moves each along one line (the tables have it)
+    models = {
+        recipe_name(n, retrained): (n, np.array(r.pred_months))
+        for n, r in retrained.recipes.items()
+        if not n.endswith("_corrected")
+    }
+    return {
+        "baseline_vs_best": _ci_figure(retrained),
+        "predicted_vs_true": _scatter_figure(models, true, which),
+        "bland_altman": _bland_altman_figure(models, true, which),
+        "mae_by_group": _group_figure(retrained),
+    }
+
+
+def _scatter_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray, which: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, (name, p) in models.items():
+        fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=label, marker_color=COLOURS[name])
+    hi = float(true.max()) * 1.05
+    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="perfect agreement", line=dict(color="gray", dash="dash"))
+    return _style(
+        fig,
+        f"{FIGURES['predicted_vs_true'][0]} (test, {len(true)} images, {which})",
+        "true bone age (months)",
+        "predicted bone age (months)",
+    )
+
+
+def _bland_altman_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray, which: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (label, (name, p)) in enumerate(models.items()):
+        pred = p.mean(axis=0)
+        mean, diff = (pred + true) / 2, pred - true
+        fig.add_scatter(x=mean, y=diff, mode="markers", name=label, marker_color=COLOURS[name])
+        bias, half = diff.mean(), 1.96 * diff.std(ddof=1)
+        for y, dash, text in (
+            (bias, "solid", "bias"),
+            (bias + half, "dot", "+1.96 SD"),
+            (bias - half, "dot", "-1.96 SD"),
+        ):
+            fig.add_hline(
+                y=y,
+                line_dash=dash,
+                line_color=COLOURS[name],
+                annotation_text=f"{label} {text} {y:+.1f}",
+                annotation_position=CORNERS[i % len(CORNERS)],
+            )  # each recipe's labels in a corner of its own
+    return _style(
+        fig,
+        f"{FIGURES['bland_altman'][0]} (test, {which})",
+        "mean of predicted and true (months)",
+        "predicted - true (months)",
+    )
+
+
+def _group_figure(retrained: RetrainResult) -> Any:
+    import plotly.graph_objects as go
+
+    n = retrained.group_n
+    x = [f"{label} (n={n[key]})" for _, key, label in GROUPS]
+    fig = go.Figure()
+    for name, r in retrained.recipes.items():
+        fig.add_bar(
+            x=x,
+            y=[r.metrics_mean[m] for m, _, _ in GROUPS],
+            name=recipe_name(name, retrained),
+            marker_color=COLOURS[name],
+            error_y=dict(type="data", array=[r.metrics_sd[m] or 0 for m, _, _ in GROUPS]),
+        )
+    fig.update_layout(barmode="group")
+    return _style(
+        fig, f"{FIGURES['mae_by_group'][0]} (mean over {retrained.seeds} seeds, ± SD)", "", "test MAE (months)"
+    )
+
+
+def _ci_figure(retrained: RetrainResult) -> Any:
+    import plotly.graph_objects as go
+
+    r = retrained.recipes
+    names = list(r)
+    err = dict(
+        type="data",
+        symmetric=False,
+        array=[r[n].mae.ci_high - r[n].mae.mean for n in names],
+        arrayminus=[r[n].mae.mean - r[n].mae.ci_low for n in names],
+    )
+    fig = go.Figure(
+        go.Bar(
+            x=[f"{recipe_name(n, retrained)}: {r[n].mae.mean:.2f} months" for n in names],  # value on show
+            y=[r[n].mae.mean for n in names],
+            marker_color=[COLOURS[n] for n in names],
+            error_y=err,
+        )
+    )
+    title = f"{FIGURES['baseline_vs_best'][0]}: mean of {retrained.seeds} seeds, 95% CI over seeds and images"
+    return _style(fig, title, "", "test MAE (months)")

@@ -1,0 +1,136 @@
+"""Words from numbers: a comparison as a sentence whose words follow its CI, seeds and parameters as
+every view prints them, the lines retrain prints. Shared by status, the report and the note."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from search.reporting.figures import recipe_name
+from search.storage.results import Comparison, RetrainResult
+from search.storage.settings import describe_changes
+
+
+def format_seeds(per_seed: list[float]) -> str:
+    """'10.41, 13.56, 11.77': one value per seed, as every view prints them."""
+    return ", ".join(f"{v:.2f}" for v in per_seed)
+
+
+def pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def verdict_sentence(d: Comparison, what: str = "the best recipe", against: str = "the seed recipe") -> str:
+    """The paired comparison (what minus against) in one sentence whose words follow its CI."""
+    numbers = (
+        f"{d.mae_diff_months:+.2f} months (95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}; "
+        f"not better in {100 * d.p_a_not_better:.1f}% of resamples)"
+    )
+    v = d.verdict
+    if v == "better":
+        return f"{what} is better than {against}: {numbers}"
+    if v == "worse":
+        return f"{what} is worse than {against}: {numbers}"
+    if v == "undetermined":
+        return (
+            f"{what} minus {against}: {numbers}; no verdict with one seed per recipe, since the CI "
+            "cannot see the seed-to-seed spread (retrain with --seeds 3)"
+        )
+    return f"no significant difference between {what} and {against}: {numbers}"
+
+
+def recipe_label(name: str, r: RetrainResult) -> str:
+    """A recipe as tables name it: with the trial or trials it comes from."""
+    if name.startswith("best"):
+        return f"{recipe_name(name, r)} (trial {r.best_trial})"
+    if name.startswith("ensemble"):
+        return f"{recipe_name(name, r)} (trials {', '.join(str(m.trial) for m in r.members)})"
+    return recipe_name(name, r)
+
+
+def comparison_lines(r: RetrainResult) -> list[str]:
+    """Every paired comparison beyond the verdict (top-k ensemble, bias correction), a sentence each."""
+    lines = []
+    for key, d in r.comparisons.items():
+        a, b = key.split("_minus_")
+        lines.append(capital(verdict_sentence(d, f"the {recipe_name(a, r)}", f"the {recipe_name(b, r)}")))
+    return lines
+
+
+def correction_lines(r: RetrainResult) -> list[str]:
+    """Each bias correction's line, fitted on its trials' val predictions."""
+    lines = []
+    for name, c in r.bias_correction.items():
+        lines.append(
+            f"bias correction of the {recipe_name(name, r)}: corrected = {c.slope:.3f} x predicted "
+            f"{c.intercept:+.2f} months, fitted on the val predictions of trial(s) "
+            f"{', '.join(map(str, c.trials))} ({c.n} images none of them trained on)"
+        )
+    return lines
+
+
+def format_params(params: dict[str, Any], sep: str = " = ") -> str:
+    """'lr = 0.00116, batch_size = 32': a trial's parameters, floats to 3 significant digits."""
+    return ", ".join(f"{k}{sep}{v:.3g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items())
+
+
+def capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def val_comparison(best: float, seed_mae: list[float]) -> str:
+    """The best trial against the seed recipe on val: the sign said in words, and where the best lies
+    in the seed recipe's own spread (one trial is one seed, so this is no verdict)."""
+    mean = float(np.mean(seed_mae))
+    pct = 100 * (best / mean - 1)
+    words = f"{abs(pct):.1f}% {'lower' if pct < 0 else 'higher'} than the seed recipe's mean"
+    if len(seed_mae) < 2:
+        return words + " (one seed of the seed recipe: its spread is unknown)"
+    lo, hi = min(seed_mae), max(seed_mae)
+    if best < lo:
+        where = f"below all {len(seed_mae)} of its seeds ({lo:.2f} to {hi:.2f})"
+    elif best > hi:
+        where = f"above all {len(seed_mae)} of its seeds ({lo:.2f} to {hi:.2f})"
+    else:
+        where = f"inside the range of its {len(seed_mae)} seeds ({lo:.2f} to {hi:.2f})"
+    return f"{words}, {where}"
+
+
+def recipe_line(name: str, out: RetrainResult) -> str:
+    r, seeds = out.recipes[name], out.seeds
+    m = r.mae
+    spread = f", SD {m.sd:.2f} over {seeds} seeds ({format_seeds(r.mae_per_seed)})" if seeds > 1 else ""
+    ci = "seeds and images" if seeds > 1 else "images only"
+    return (
+        f"{recipe_label(name, out)}: test MAE {m.mean:.2f} months{spread}; 95% CI {m.ci_low:.2f} to "
+        f"{m.ci_high:.2f} ({ci})"
+    )
+
+
+def retrain_lines(out: RetrainResult) -> list[str]:
+    """What retrain prints: each recipe, the seed recipe as the seed evaluated it, the verdict, then the
+    ensemble's and the bias corrections' comparisons."""
+    lines = [recipe_line(n, out) for n in out.recipes]
+    raw = out.recipes["baseline"].without_bn_reestimation
+    if raw is not None:
+        lines.append(
+            f"{recipe_name('baseline', out)} evaluated as the seed project did (no batch-norm re-estimation): "
+            f"{raw.mean:.2f} months"
+        )
+    if out.seed_recipe_modified:
+        lines.append(f"modified seed recipe: {describe_changes(out.seed_recipe_modified)}")
+    if out.overrides.get("best"):
+        lines.append(f"best recipe changed for this retrain: {describe_changes(out.overrides['best'])}")
+    seed = f"the {recipe_name('baseline', out)}"
+    lines.append(
+        capital(verdict_sentence(out.best_minus_baseline, against=seed)) + f", on the same {out.n_test} test images"
+    )
+    if out.best_minus_baseline_tta_flip is not None:
+        lines.append("With flip TTA: " + verdict_sentence(out.best_minus_baseline_tta_flip, against=seed))
+    return lines + [capital(line) for line in correction_lines(out)] + comparison_lines(out)

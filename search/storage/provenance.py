@@ -1,0 +1,99 @@
+"""Provenance: the commands that wrote to a study, with which code and versions, on which device and data,
+so its numbers can be trusted and rerun."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import platform
+import shlex
+import subprocess
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.storage.study import redact_argv
+
+COMMAND_PREFIX = "command:"
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str | None]:
+    import torch
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "boneage_search": version("boneage-search"),
+        "git_commit": git_commit(Path(__file__).resolve().parents[2]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+def git_commit(repo: Path) -> str | None:
+    """The checkout's commit, with ' (local changes)' when tracked files differ from it; None outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + (" (local changes)" if dirty else "")
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as a user would type it again, passwords hidden."""
+    return shlex.join(["python", "-m", "search", *redact_argv(argv)])
+
+
+def provenance(argv: list[str], device: str, fingerprint: str | None, **extra: Any) -> dict[str, Any]:
+    """One command's record: what was typed, with which code and versions, on which device and data."""
+    return {
+        "command": command_line(argv),
+        "argv": redact_argv(argv),
+        "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **_versions(),
+        "device": device,
+        "data_fingerprint": fingerprint,
+        **extra,
+    }
+
+
+def record_command(study: optuna.Study, entry: dict[str, Any]) -> None:
+    """Add a command's provenance to the study (read back by status and the report). Each command is
+    its own attr, so commands on several machines at once never overwrite each other's record."""
+    study.set_user_attr(f"{COMMAND_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", entry)
+
+
+def recorded_commands(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every recorded command, oldest first."""
+    attrs = study.user_attrs
+    return [attrs[k] for k in sorted(k for k in attrs if k.startswith(COMMAND_PREFIX))]
+
+
+def device_description(name: str) -> str:
+    """'cpu (2 threads)' or 'cuda:0 (NVIDIA H200)': where a command ran."""
+    import torch
+
+    from boneage_core.device import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
