@@ -11,8 +11,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from boneage_core.cache import UnusableImage, load_pixels
 from boneage_core.errors import BoneAgeError
+from boneage_core.images import UnusableImage, load_pixels
 from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table
 
 

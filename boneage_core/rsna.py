@@ -302,7 +302,7 @@ def load_table(root: str | Path, report: DataReport | None = None) -> pd.DataFra
 
 def _screen_all(paths: pd.Series) -> list[str | None]:
     """screen_image for every path ('' = not found), in threads: the test is file reads, mostly waiting."""
-    from boneage_core.cache import screen_image
+    from boneage_core.images import screen_image
 
     def one(p: str) -> str | None:
         return "missing" if not p else screen_image(p)

@@ -225,8 +225,8 @@ def test_search_never_reads_the_test_split(tmp_path, study, monkeypatch):
     from search.engine.run import run_study
 
     decoded = []
-    real = cache_mod.load_pixels  # every pixel the cache build decodes goes through it
-    monkeypatch.setattr(cache_mod, "load_pixels", lambda p: decoded.append(p) or real(p))
+    real = cache_mod.decode_image  # the cache build decodes every image it reads through it
+    monkeypatch.setattr(cache_mod, "decode_image", lambda p, size: decoded.append(p) or real(p, size))
     monkeypatch.chdir(tmp_path)
     spec = load_spec(str(study))
     run_study(spec, f"sqlite:///{tmp_path}/studies/tiny.db", n_trials=1, quiet=True)
