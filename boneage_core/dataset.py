@@ -23,7 +23,8 @@ from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
 from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
-from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table, split_table
+from boneage_core.rsna import DataReport, Skipped, load_table
+from boneage_core.splits import SPLITS, split_table
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from boneage_core.errors import BoneAgeError
 from boneage_core.images import UnusableImage, load_pixels
-from boneage_core.rsna import SPLITS, DataReport, Skipped, load_table
+from boneage_core.rsna import DataReport, Skipped, load_table
+from boneage_core.splits import SPLITS
 
 
 def _decodes(path: str) -> tuple[str, str | None]:

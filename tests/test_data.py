@@ -1,4 +1,4 @@
-"""boneage_core.data: every RSNA layout as downloaded -> one clean table; bad files -> one clear error."""
+"""boneage_core.rsna and .splits: every RSNA layout as downloaded -> one clean table, split; bad files -> one error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from boneage_core import BoneAgeError
-from boneage_core.rsna import DataReport, Skipped, age_bins, load_table, split_table
+from boneage_core.rsna import DataReport, Skipped, load_table
+from boneage_core.splits import age_bins, split_table
 from tests.conftest import BAD_FILES, break_image, make_kaggle
 
 
