@@ -86,9 +86,9 @@ def place_images(
     return "device" if fits else "host"
 
 
-def to_device(split: Split, device: torch.device, placement: str = "device") -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's images on the device, or in pinned host memory (placement 'host'); sex always on
-    the device."""
+def split_tensors(split: Split, device: torch.device, placement: str = "device") -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's (images, sex) as tensors: the images on the device, or in pinned host memory with
+    placement 'host' (place_images decides which); sex always on the device."""
     images = torch.from_numpy(np.ascontiguousarray(split.images))
     images = images.to(device) if placement == "device" else images.pin_memory()
     male = torch.from_numpy(np.array(split.male, dtype=bool)).to(device)

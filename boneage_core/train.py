@@ -24,7 +24,7 @@ from boneage_core.augment import augmented_batch, normalize
 from boneage_core.checkpoint import TrainingState, restore_checkpoint, save_checkpoint
 from boneage_core.config import TrainConfig, check_config
 from boneage_core.dataset import Split
-from boneage_core.device import autocast_dtype, autocast_for, host_batches, place_images, resolve_device, to_device
+from boneage_core.device import autocast_dtype, autocast_for, host_batches, place_images, resolve_device, split_tensors
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.metrics import regression_metrics
 from boneage_core.models import BoneAgeNet, build_model
@@ -170,24 +170,32 @@ def _plain_batch(images: torch.Tensor, start: int, stop: int, device: torch.devi
 
 
 @dataclass
-class _OnDevice:
-    """Both splits as fit uses them: images and sex on the device (or pinned), standardized targets."""
+class FitTensors:
+    """Both splits as fit reads them: each split's images where place_images put them (on the device, or
+    pinned in host memory and streamed), sex on the device, and the training targets standardized."""
 
     train_images: torch.Tensor
     train_male: torch.Tensor
-    train_targets: torch.Tensor
+    train_targets: torch.Tensor  # (age - mean) / std of the training ages
     eval_images: torch.Tensor
     eval_male: torch.Tensor
 
 
-def _place(train: Split, eval_split: Split, device: torch.device, placement: str, mean: float, std: float):
-    tr_images, tr_male = to_device(train, device, placement)
+def fit_tensors(
+    train: Split, eval_split: Split, device: torch.device, placement: str, mean: float, std: float
+) -> FitTensors:
+    """The tensors fit trains and evaluates on: placement 'device' or 'host' (boneage_core.device.place_images
+    decides), mean and std those of the training ages."""
+    tr_images, tr_male = split_tensors(train, device, placement)
     targets = torch.from_numpy((np.asarray(train.age_months, np.float32) - mean) / std).to(device)
-    ev_images, ev_male = to_device(eval_split, device, placement)
-    return _OnDevice(tr_images, tr_male, targets, ev_images, ev_male)
+    ev_images, ev_male = split_tensors(eval_split, device, placement)
+    return FitTensors(tr_images, tr_male, targets, ev_images, ev_male)
 
 
-def _training_state(cfg: TrainConfig, n_train: int, device: torch.device) -> TrainingState:
+def new_training_state(cfg: TrainConfig, n_train: int, device: torch.device) -> TrainingState:
+    """What fit steps through, fresh: the model on the device (channels_last), its optimizer, the LR
+    schedule over cfg.epochs of n_train images, the loss scaler (on for fp16) and the batch-order
+    generator seeded with cfg.seed."""
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     steps = cfg.epochs * (n_train // cfg.batch_size)
@@ -201,7 +209,7 @@ def _predict(model, images, male, cfg: TrainConfig, mean: float, std: float) -> 
     return (evaluate(model, images, male, cfg) * std + mean).cpu().numpy().astype(np.float64)
 
 
-def _evaluate_epoch(cfg, model, data: _OnDevice, eval_split: Split, result: FitResult, epoch: int, raw: bool) -> dict:
+def _evaluate_epoch(cfg, model, data: FitTensors, eval_split: Split, result: FitResult, epoch: int, raw: bool) -> dict:
     """The protocol's evaluation after an epoch (batch-norm statistics re-estimated first); raw also keeps
     the predictions without that step, as the seed project evaluated."""
     mean, std = result.target_mean, result.target_std
@@ -216,7 +224,7 @@ def _evaluate_epoch(cfg, model, data: _OnDevice, eval_split: Split, result: FitR
     return {"val_mae_months": result.metrics["mae_months"], "val_rmse_months": result.metrics["rmse_months"]}
 
 
-def _epoch(cfg, state, data: _OnDevice, eval_split: Split, result: FitResult, epoch: int, evaluated: bool, raw: bool):
+def _epoch(cfg, state, data: FitTensors, eval_split: Split, result: FitResult, epoch: int, evaluated: bool, raw: bool):
     """One epoch of training, evaluated when asked: its history row."""
     t0 = time.perf_counter()
     loss, abs_err = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
@@ -287,10 +295,10 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest kernels once
     seed_everything(cfg.seed)
-    state = _training_state(cfg, len(train), device)
+    state = new_training_state(cfg, len(train), device)
     mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months)) or 1.0
     placement = place_images(cfg, [train, eval_split], state.model, device, memory_share)
-    data = _place(train, eval_split, device, placement, mean, std)
+    data = fit_tensors(train, eval_split, device, placement, mean, std)
     result = FitResult(target_mean=mean, target_std=std)
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
@@ -317,5 +325,5 @@ def fit(
 def predict_months(result: FitResult, split: Split, cfg: TrainConfig) -> np.ndarray:
     """Predictions in months of a fitted model on any split (cfg.tta_flip decides on flip averaging)."""
     device = next(result.model.parameters()).device
-    images, male = to_device(split, device, place_images(cfg, [split], result.model, device, 1.0))
+    images, male = split_tensors(split, device, place_images(cfg, [split], result.model, device, 1.0))
     return (evaluate(result.model, images, male, cfg) * result.target_std + result.target_mean).cpu().numpy()

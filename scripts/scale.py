@@ -144,7 +144,7 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
 
     from boneage_core.config import SEED_RECIPE
     from boneage_core.dataset import DataSettings, Split, SplitsBySize
-    from boneage_core.train import _place, _training_state, train_one_epoch
+    from boneage_core.train import fit_tensors, new_training_state, train_one_epoch
 
     torch.set_num_threads(1 if not step else os.cpu_count() or 1)
     data = SplitsBySize(DataSettings(source=root, image_size=size), quiet=True)
@@ -154,13 +154,14 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
         val = Split(np.array(val.images), val.age_months, val.male, val.ids)
     cfg = dataclasses.replace(SEED_RECIPE, image_size=size, pretrained="none", device="cpu")
     device = torch.device("cpu")
-    placed = _place(train, val, device, "device", float(np.mean(train.age_months)), float(np.std(train.age_months)))
+    mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months))
+    placed = fit_tensors(train, val, device, "device", mean, std)
     order = torch.randperm(len(placed.train_images))
     for i in range(0, len(order), cfg.batch_size):  # the gathers of one epoch, without its compute
         placed.train_images[order[i : i + cfg.batch_size]].sum()
     result: dict = {"train_images": len(train), "val_images": len(val), "train_mb": round(train.images.nbytes / 2**20)}
     if step:
-        state = _training_state(cfg, len(train), device)
+        state = new_training_state(cfg, len(train), device)
         n = 3 * cfg.batch_size  # three steps: the first pays for one-off allocations, the last two are timed
         first = placed.train_images[: cfg.batch_size]
         train_one_epoch(state, first, placed.train_targets[: cfg.batch_size], placed.train_male[: cfg.batch_size], cfg)

@@ -14,7 +14,7 @@ import boneage_core.cache as cache_mod
 from boneage_core import BoneAgeError
 from boneage_core.cache import build_cache
 from boneage_core.dataset import DataSettings, prepare
-from boneage_core.device import to_device
+from boneage_core.device import split_tensors
 from boneage_core.phantom import PHANTOM_VERSION
 from boneage_core.rsna import load_table
 from tests.conftest import corrupt_but_whole_png, hand_png
@@ -91,7 +91,7 @@ def test_each_split_is_its_own_shared_cache_file_not_a_copy(official_dir, tmp_pa
         mapped = decoded.images[name]
         assert isinstance(mapped, np.memmap) and mapped.flags.writeable  # copy-on-write: torch takes it as is
         assert decoded.split(name).images is mapped
-    images, _ = to_device(decoded.split("train"), torch.device("cpu"))
+    images, _ = split_tensors(decoded.split("train"), torch.device("cpu"))
     base = decoded.images["train"].ctypes.data
     assert images.data_ptr() == base  # the tensor reads the mapped pages
     # the search asks for train and val only: the test split is neither decoded nor mapped
