@@ -209,37 +209,90 @@ def _predict(model, images, male, cfg: TrainConfig, mean: float, std: float) -> 
     return (evaluate(model, images, male, cfg) * std + mean).cpu().numpy().astype(np.float64)
 
 
-def _evaluate_epoch(cfg, model, data: FitTensors, eval_split: Split, result: FitResult, epoch: int, raw: bool) -> dict:
-    """The protocol's evaluation after an epoch (batch-norm statistics re-estimated first); raw also keeps
-    the predictions without that step, as the seed project evaluated."""
-    mean, std = result.target_mean, result.target_std
-    if raw:
-        result.pred_months_without_bn_reestimation = _predict(model, data.eval_images, data.eval_male, cfg, mean, std)
+@dataclass(frozen=True)
+class _Evaluation:
+    """One evaluation of the model on the evaluation split, in months."""
+
+    pred_months: np.ndarray  # batch-norm statistics re-estimated first (the protocol)
+    metrics: dict[str, float]  # regression_metrics of pred_months
+    pred_months_without_bn_reestimation: np.ndarray | None = None  # only when asked for
+
+
+def _evaluate_epoch(
+    cfg: TrainConfig,
+    model: BoneAgeNet,
+    data: FitTensors,
+    eval_split: Split,
+    *,
+    epoch: int,
+    mean: float,
+    std: float,
+    keep_without_bn_reestimation: bool,
+) -> _Evaluation:
+    """The protocol's evaluation after an epoch (batch-norm statistics re-estimated first); with
+    keep_without_bn_reestimation also the predictions without that step, as the seed project evaluated."""
+    without = None
+    if keep_without_bn_reestimation:  # before the statistics are re-estimated below
+        without = _predict(model, data.eval_images, data.eval_male, cfg, mean, std)
     recalibrate_batchnorm(model, data.train_images, data.train_male, cfg)
     pred = _predict(model, data.eval_images, data.eval_male, cfg, mean, std)
     if not np.all(np.isfinite(pred)):
         raise TrainingDiverged(f"predictions became non-finite in epoch {epoch} (lr {cfg.lr:g})")
-    result.pred_months = pred
-    result.metrics = regression_metrics(pred, eval_split.age_months, eval_split.male)
-    return {"val_mae_months": result.metrics["mae_months"], "val_rmse_months": result.metrics["rmse_months"]}
+    return _Evaluation(pred, regression_metrics(pred, eval_split.age_months, eval_split.male), without)
 
 
-def _epoch(cfg, state, data: FitTensors, eval_split: Split, result: FitResult, epoch: int, evaluated: bool, raw: bool):
-    """One epoch of training, evaluated when asked: its history row."""
+@dataclass(frozen=True)
+class _Epoch:
+    """One epoch as fit records it: its history row, and its evaluation when it had one."""
+
+    row: dict  # epoch, train_loss, train_mae_months, [val_mae_months, val_rmse_months,] epoch_time_s
+    evaluation: _Evaluation | None
+
+
+def _epoch(
+    cfg: TrainConfig,
+    state: TrainingState,
+    data: FitTensors,
+    eval_split: Split,
+    *,
+    epoch: int,
+    mean: float,
+    std: float,
+    evaluate: bool,
+    keep_without_bn_reestimation: bool,
+) -> _Epoch:
+    """One epoch of training, evaluated when asked. The row's val_* keys are the evaluation split's
+    figures, whichever split that is (retrain evaluates on test): the key is what stored histories hold."""
     t0 = time.perf_counter()
     loss, abs_err = train_one_epoch(state, data.train_images, data.train_targets, data.train_male, cfg)
     if not math.isfinite(loss):
         raise TrainingDiverged(f"training loss became {loss} in epoch {epoch} (lr {cfg.lr:g})")
-    row: dict = {"epoch": epoch, "train_loss": loss, "train_mae_months": abs_err * result.target_std}
-    if evaluated:
-        row.update(_evaluate_epoch(cfg, state.model, data, eval_split, result, epoch, raw))
+    row: dict = {"epoch": epoch, "train_loss": loss, "train_mae_months": abs_err * std}
+    evaluation = None
+    if evaluate:
+        evaluation = _evaluate_epoch(
+            cfg, state.model, data, eval_split, epoch=epoch, mean=mean, std=std,
+            keep_without_bn_reestimation=keep_without_bn_reestimation,
+        )  # fmt: skip
+        row["val_mae_months"] = evaluation.metrics["mae_months"]
+        row["val_rmse_months"] = evaluation.metrics["rmse_months"]
     row["epoch_time_s"] = time.perf_counter() - t0
-    return row
+    return _Epoch(row, evaluation)
+
+
+def _keep(result: FitResult, evaluation: _Evaluation) -> None:
+    """The latest evaluation into the fit's result (predictions without re-estimation only where taken)."""
+    result.pred_months, result.metrics = evaluation.pred_months, evaluation.metrics
+    if evaluation.pred_months_without_bn_reestimation is not None:
+        result.pred_months_without_bn_reestimation = evaluation.pred_months_without_bn_reestimation
 
 
 def _final_eval(result: FitResult) -> dict:
-    raw = result.pred_months_without_bn_reestimation
-    return {"pred": result.pred_months.tolist(), "pred_without_bn_reestimation": None if raw is None else raw.tolist()}
+    without = result.pred_months_without_bn_reestimation
+    return {
+        "pred": result.pred_months.tolist(),
+        "pred_without_bn_reestimation": None if without is None else without.tolist(),
+    }
 
 
 def _resume(result: FitResult, restored) -> None:
@@ -306,14 +359,18 @@ def fit(
     bar = _epoch_bar(progress, cfg.epochs, len(result.history))
     for epoch in range(len(result.history) + 1, cfg.epochs + 1):
         last = epoch == cfg.epochs
-        evaluated = eval_each_epoch or last
-        row = _epoch(cfg, state, data, eval_split, result, epoch, evaluated, last and eval_without_bn_reestimation)
-        result.history.append(row)
-        _advance(bar, row, eval_label)
+        done = _epoch(
+            cfg, state, data, eval_split, epoch=epoch, mean=mean, std=std, evaluate=eval_each_epoch or last,
+            keep_without_bn_reestimation=last and eval_without_bn_reestimation,
+        )  # fmt: skip
+        if done.evaluation is not None:
+            _keep(result, done.evaluation)
+        result.history.append(done.row)
+        _advance(bar, done.row, eval_label)
         if ckpt is not None:
             save_checkpoint(ckpt, cfg, state, result.history, _final_eval(result) if last else None)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+            on_epoch_end(epoch, done.row)
     if bar is not None:
         bar.close()
     if not result.metrics:  # resumed from a finished checkpoint, whose predictions it holds

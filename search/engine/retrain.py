@@ -205,13 +205,30 @@ def recipe_score(preds: np.ndarray, test: Split, **what: Any) -> RecipeScore:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedPredictions:
+    """One recipe's K seeds scored on the test images, in months, each array (seeds, images)."""
+
+    pred_months: np.ndarray  # as the protocol evaluates (batch-norm statistics re-estimated)
+    tta_flip: np.ndarray  # averaged over a horizontal flip; empty without --tta
+    without_bn_reestimation: np.ndarray  # only where fit was asked for it (the seed recipe); else empty
+
+
 def _train_seeds(
-    name: str, label: str, cfg: TrainConfig, seeds: int, data: SplitsBySize, ckpt_dir: Path, tta: bool, quiet: bool
-):
+    name: str,
+    cfg: TrainConfig,
+    *,
+    label: str,
+    seeds: int,
+    data: SplitsBySize,
+    ckpt_dir: Path,
+    tta: bool,
+    quiet: bool,
+) -> SeedPredictions:
     """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
     flip TTA, and (for the seed recipe) without batch-norm re-estimation."""
     trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
-    preds, tta_preds, raw_preds = [], [], []
+    preds, tta_preds, without_preds = [], [], []
     for k in range(seeds):
         c = dataclasses.replace(cfg, seed=cfg.seed + k)
         shown = f"retrain {label}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
@@ -228,10 +245,10 @@ def _train_seeds(
         )
         preds.append(r.pred_months)
         if r.pred_months_without_bn_reestimation is not None:
-            raw_preds.append(r.pred_months_without_bn_reestimation)
+            without_preds.append(r.pred_months_without_bn_reestimation)
         if tta:
             tta_preds.append(predict_months(r, test, dataclasses.replace(c, tta_flip=True)))
-    return np.array(preds), np.array(tta_preds), np.array(raw_preds)
+    return SeedPredictions(np.array(preds), np.array(tta_preds), np.array(without_preds))
 
 
 def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, Correction]:
@@ -263,7 +280,10 @@ def _tuned_models(
     for m in plan.members:
         start = time.perf_counter()
         label = "best" if m.rank == 1 else f"top-{m.rank} trial {m.trial}"
-        preds[m.name], tta_preds[m.name], _ = _train_seeds(m.name, label, m.config, seeds, data, ckpt_dir, tta, quiet)
+        trained = _train_seeds(
+            m.name, m.config, label=label, seeds=seeds, data=data, ckpt_dir=ckpt_dir, tta=tta, quiet=quiet
+        )
+        preds[m.name], tta_preds[m.name] = trained.pred_months, trained.tta_flip
         members.append(
             Member(
                 rank=m.rank,
@@ -329,9 +349,17 @@ def retrain(
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
     preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)
     start = time.perf_counter()
-    preds["baseline"], tta_preds["baseline"], raw = _train_seeds(
-        "baseline", "seed recipe", plan.configs["baseline"], seeds, data, ckpt_dir, tta, quiet
+    baseline = _train_seeds(
+        "baseline",
+        plan.configs["baseline"],
+        label="seed recipe",
+        seeds=seeds,
+        data=data,
+        ckpt_dir=ckpt_dir,
+        tta=tta,
+        quiet=quiet,
     )
+    preds["baseline"], tta_preds["baseline"] = baseline.pred_months, baseline.tta_flip
     seed_wall = round(time.perf_counter() - start, 1)
     _derived(preds, tta_preds, plan, corrections)
     scores = {}
@@ -349,8 +377,9 @@ def retrain(
             what["wall_time_s"] = round(sum(m.wall_time_s for m in members), 1)
         elif name == "baseline":
             what["wall_time_s"] = seed_wall
-            if len(raw):  # the seed recipe evaluated exactly as the seed project did
-                what["without_bn_reestimation"] = _mae(raw, test)
+            without = baseline.without_bn_reestimation
+            if len(without):  # the seed recipe evaluated exactly as the seed project did
+                what["without_bn_reestimation"] = _mae(without, test)
         scores[name] = recipe_score(preds[name], test, **what)
     result = RetrainResult(
         study=spec.name,

@@ -139,8 +139,19 @@ class _Outage:
         time.sleep(2)
 
 
-def search_loop(study, objective, spec: StudySpec, url: str, n_trials: int, timeout_s, bar, quiet: bool) -> bool:
-    """Trials one at a time until the study holds n_trials finished ones; True when --timeout stopped it."""
+def search_loop(
+    study: optuna.Study,
+    objective,
+    *,
+    spec: StudySpec,
+    url: str,
+    n_trials: int,
+    timeout_s: float | None,
+    bar: tqdm | None,
+    quiet: bool,
+) -> bool:
+    """Trials one at a time until the study holds n_trials finished ones; True when --timeout stopped it.
+    objective: make_objective's; bar: the first process's progress bar (None in workers and with quiet)."""
     start, outage = time.monotonic(), _Outage(url)
     callbacks = [] if quiet else [_print_failure]
     while True:
@@ -204,7 +215,8 @@ def run_worker(spec: StudySpec, url: str, n_trials: int, index: int, workers: in
     torch.set_num_threads(threads_per_worker(workers))
     try:
         study, data = _open_for_search(spec, url, quiet=True, index=index)
-        search_loop(study, make_objective(spec, data, share), spec, url, n_trials, timeout_s, None, quiet=True)
+        objective = make_objective(spec, data, share)
+        search_loop(study, objective, spec=spec, url=url, n_trials=n_trials, timeout_s=timeout_s, bar=None, quiet=True)
     except KeyboardInterrupt:
         sys.exit(130)
     except (BoneAgeError, SearchFailing) as exc:
@@ -253,7 +265,9 @@ def run_study(
     )
     try:
         objective = make_objective(spec, data, shares[0])
-        timed_out = search_loop(study, objective, spec, url, n_trials, timeout_s, bar, quiet)
+        timed_out = search_loop(
+            study, objective, spec=spec, url=url, n_trials=n_trials, timeout_s=timeout_s, bar=bar, quiet=quiet
+        )
     except BaseException:
         for p in extra:  # Ctrl-C, SIGTERM or a crash here: the workers end their trials too
             if p.is_alive():
