@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from boneage_core.config import TrainConfig
 from boneage_core.errors import BoneAgeError
 from boneage_core.files import remove_abandoned_tmp, written_into_place
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from boneage_core.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from boneage_core.cache import build_cache, default_cache_dir
-from boneage_core.config import DataSettings
 from boneage_core.errors import BoneAgeError
 from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
 from boneage_core.rsna import DataReport, Skipped, load_table
 from boneage_core.splits import SPLITS, split_table
+
+if TYPE_CHECKING:
+    from boneage_core.config import DataSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from boneage_core.config import TrainConfig
-from boneage_core.dataset import Split
 from boneage_core.errors import BoneAgeError
+
+if TYPE_CHECKING:
+    from boneage_core.config import TrainConfig
+    from boneage_core.dataset import Split
 
 log = logging.getLogger(__name__)
 ACTIVATION_BYTES_PER_PIXEL = 4000  # ResNet-50 training, per image pixel, fp32 with margin (bf16 needs about half)

@@ -9,8 +9,11 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 
 def private_tmp(path: Path) -> Path:

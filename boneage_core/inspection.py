@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm import tqdm
@@ -15,6 +15,9 @@ from boneage_core.errors import BoneAgeError
 from boneage_core.images import UnusableImage, load_pixels
 from boneage_core.rsna import DataReport, Skipped, load_table
 from boneage_core.splits import SPLITS
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _decodes(path: str) -> tuple[str, str | None]:

@@ -8,12 +8,15 @@ import contextlib
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from boneage_core.config import TrainConfig
 from boneage_core.errors import BoneAgeError
+
+if TYPE_CHECKING:
+    from boneage_core.config import TrainConfig
 
 RESNET50_IMAGENET_FILE = "resnet50-11ad3fa6.pth"  # torchvision ResNet50_Weights.IMAGENET1K_V2
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,11 +23,16 @@ from tqdm import tqdm
 from boneage_core.augment import augmented_batch, normalize
 from boneage_core.checkpoint import TrainingState, restore_checkpoint, save_checkpoint
 from boneage_core.config import TrainConfig, check_config
-from boneage_core.dataset import Split
 from boneage_core.device import autocast_dtype, autocast_for, host_batches, place_images, resolve_device, split_tensors
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.metrics import regression_metrics
-from boneage_core.models import BoneAgeNet, build_model
+from boneage_core.models import build_model
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from boneage_core.dataset import Split
+    from boneage_core.models import BoneAgeNet
 
 EVAL_BATCH = 128
 BN_RECALIBRATION_IMAGES = 256  # enough for stable statistics; bounds the cost per evaluation

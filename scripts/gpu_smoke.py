@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from boneage_core.config import TrainConfig  # noqa: E402
-from boneage_core.dataset import DataSettings, SplitsBySize, prepare  # noqa: E402
+from boneage_core.config import DataSettings, TrainConfig  # noqa: E402
+from boneage_core.dataset import SplitsBySize, prepare  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
 
 OUT = REPO / "results" / "gpu-smoke"

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boneage_core.phantom  # noqa: E402
 from boneage_core.cache import default_cache_dir  # noqa: E402
-from boneage_core.config import SEED_RECIPE, TrainConfig  # noqa: E402
-from boneage_core.dataset import DataSettings, prepare  # noqa: E402
+from boneage_core.config import SEED_RECIPE, DataSettings, TrainConfig  # noqa: E402
+from boneage_core.dataset import prepare  # noqa: E402
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
 from search.storage.provenance import git_commit

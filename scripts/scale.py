@@ -142,8 +142,8 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
     gathers its batches; with step, one timed training step (train_one_epoch, the code a GPU runs)."""
     import torch
 
-    from boneage_core.config import SEED_RECIPE
-    from boneage_core.dataset import DataSettings, Split, SplitsBySize
+    from boneage_core.config import SEED_RECIPE, DataSettings
+    from boneage_core.dataset import Split, SplitsBySize
     from boneage_core.train import fit_tensors, new_training_state, train_one_epoch
 
     torch.set_num_threads(1 if not step else os.cpu_count() or 1)

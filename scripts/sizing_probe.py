@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from boneage_core.config import SEED_RECIPE, TrainConfig
-from boneage_core.dataset import DataSettings, prepare
+from boneage_core.config import SEED_RECIPE, DataSettings, TrainConfig
+from boneage_core.dataset import prepare
 from boneage_core.train import fit
 
 # The seed recipe exactly as studies define it (from scratch: no ImageNet weights offline)

@@ -13,7 +13,8 @@ import torch
 import boneage_core.cache as cache_mod
 from boneage_core import BoneAgeError
 from boneage_core.cache import build_cache
-from boneage_core.dataset import DataSettings, prepare
+from boneage_core.config import DataSettings
+from boneage_core.dataset import prepare
 from boneage_core.device import split_tensors
 from boneage_core.phantom import PHANTOM_VERSION
 from boneage_core.rsna import load_table

@@ -9,8 +9,8 @@ import torch
 import boneage_core.device as device_mod
 import boneage_core.train as train_mod
 from boneage_core import BoneAgeError, TrainingDiverged
-from boneage_core.config import TrainConfig, make_config
-from boneage_core.dataset import DataSettings, prepare
+from boneage_core.config import DataSettings, TrainConfig, make_config
+from boneage_core.dataset import prepare
 from boneage_core.phantom import (
     LABEL_NOISE_SD_MONTHS,
     NOISE_FLOOR_MAE_MONTHS,

@@ -179,8 +179,8 @@ def data(args: argparse.Namespace) -> int:
         if problem:
             raise BoneAgeError(problem)
         return 0
-    from boneage_core.config import check_image_size
-    from boneage_core.dataset import DataSettings, prepare
+    from boneage_core.config import DataSettings, check_image_size
+    from boneage_core.dataset import prepare
 
     check_image_size(args.size, "--size")
     decoded = prepare(DataSettings(source=args.dir, seed=args.seed), args.size, quiet=False)
