@@ -71,10 +71,23 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
         assert (section["skipped"] or section["measured"]) in md
 
 
-def test_gpu_throughput_code_path_runs_on_the_cpu():
-    """The GPU benchmark's code (resident uint8 images, augmentation, the fit step) at toy size."""
+def test_gpu_throughput_code_path_runs_on_the_cpu_and_counts_the_timed_epochs_full_batches(monkeypatch):
+    """The GPU benchmark's code (resident uint8 images, augmentation, the fit step) at toy size, and its
+    figure: one warm-up batch apart, then one timed epoch whose full batches (40 images in batches of
+    16 train 32) over its seconds (a clock that reads 2.5 s across it) are the images/s."""
+    import types
+
+    import search.bench.gpu_throughput as gpu_mod
+
+    trained, clock = [], iter([100.0, 102.5])
+    real = gpu_mod.train_one_epoch
+    monkeypatch.setattr(
+        gpu_mod, "train_one_epoch", lambda state, images, *a: trained.append(len(images)) or real(state, images, *a)
+    )
+    monkeypatch.setattr(gpu_mod, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     rows = gpu_throughput(torch.device("cpu"), sizes=(32,), n_images=40, batch={32: 16}, warmup_batches=1)
-    assert len(rows) == 1 and rows[0]["image_px"] == 32 and rows[0]["images"] == 40 and rows[0]["images_per_s"] > 0
+    assert trained == [16, 40]  # the warm-up batch, then the timed epoch
+    assert rows == [{"image_px": 32, "batch_size": 16, "images": 40, "epoch_s": 2.5, "images_per_s": 12.8}]
 
 
 def test_training_batches_cover_the_epoch_in_full_batches():

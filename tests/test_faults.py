@@ -225,7 +225,7 @@ def _last_beat(url: str, trial_id: int):
 
 @needs_pg_cluster
 def test_a_running_trials_heartbeat_moves_again_after_a_postgres_restart_and_the_loss_is_said_once(
-    postgres_url, caplog
+    postgres_url, caplog, monkeypatch
 ):
     """The heartbeat thread Optuna runs beside a trial, on this project's storage: the beats that fail
     while the server is down are logged once, and the first beat after it is back is written."""
@@ -245,6 +245,9 @@ def test_a_running_trials_heartbeat_moves_again_after_a_postgres_restart_and_the
         return [r for r in caplog.records if "could not be written" in r.getMessage()]
 
     storage = open_storage(postgres_url, heartbeat=(1, 30))
+    beats = []  # every beat the thread has finished trying, written or not
+    real_beat = storage.record_heartbeat
+    monkeypatch.setattr(storage, "record_heartbeat", lambda trial_id: real_beat(trial_id) or beats.append(trial_id))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": here, by hand
         trial = optuna.create_study(study_name="beats", storage=storage).ask()
@@ -255,7 +258,8 @@ def test_a_running_trials_heartbeat_moves_again_after_a_postgres_restart_and_the
         _pg_ctl("stop")
         try:
             wait_for(lambda: lost(), "a beat against the stopped server was not logged")
-            time.sleep(2.5)  # two more beats fail while the server is down
+            tried = len(beats)  # with the logged beat or just before it: +3 is two more failed beats at least
+            wait_for(lambda: len(beats) >= tried + 3, "the heartbeat stopped trying while the server was down")
         finally:
             _pg_ctl("start")
         wait_for(lambda: _last_beat(postgres_url, trial._trial_id) > before, "the heartbeat never moved again")
@@ -281,21 +285,44 @@ def test_passwords_are_redacted_in_prints_user_attrs_and_reports(tmp_path, study
     assert not any("hunter2" in p.read_text(errors="ignore") for p in (tmp_path / "results").rglob("*") if p.is_file())
 
 
-def test_dashboard_warns_when_bound_beyond_this_machine(monkeypatch, caplog, tmp_path):
+def test_dashboard_serves_the_study_storage_where_asked_warns_beyond_this_machine_and_refuses_early(
+    monkeypatch, caplog, tmp_path
+):
+    """What serve() hands optuna-dashboard (the study's storage, the host and port asked, no files without
+    a study), the warning for an address beyond this machine, and the refusals made before any server
+    starts (a port in use, an empty host)."""
+    import socket
+
     import optuna_dashboard
 
+    from boneage_core import BoneAgeError
     from search.cli import dashboard
 
-    served = {}
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port, **kw: served.update(host=host))
-    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/x.db")
+    calls = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: calls.append((storage, kw)))
+    url = f"sqlite:///{tmp_path}/x.db"
+    optuna.create_study(study_name="s", storage=url)
+    sigterm = signal.getsignal(signal.SIGTERM)
     with caplog.at_level(logging.WARNING):
-        dashboard.serve(f"sqlite:///{tmp_path}/x.db", "0.0.0.0", 0)
-    assert served["host"] == "0.0.0.0" and "anyone who can reach this address" in caplog.text
+        dashboard.serve(url, "0.0.0.0", 0)
+    [(storage, kw)] = calls
+    assert kw == {"host": "0.0.0.0", "port": 0, "artifact_store": None}
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]  # the study's own storage
+    assert "anyone who can reach this address" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) == sigterm  # its SIGTERM handler is handed back
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        dashboard.serve(f"sqlite:///{tmp_path}/x.db", "127.0.0.1", 0)
-    assert "anyone" not in caplog.text
+        dashboard.serve(url, "127.0.0.1", 0)
+    assert calls[-1][1]["host"] == "127.0.0.1" and "anyone" not in caplog.text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BoneAgeError, match=f"port {port} on 127.0.0.1 is in use"):
+            dashboard.serve(url, "127.0.0.1", port)
+    with pytest.raises(BoneAgeError, match="--host is empty"):
+        dashboard.serve(url, " ", 0)
+    assert len(calls) == 2  # neither refusal started a server
 
 
 def test_unwritable_results_directory_is_one_line(tmp_path, study, capsys):

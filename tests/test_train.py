@@ -193,7 +193,9 @@ def test_devices_resolve_with_their_index_so_tensors_compare_equal(monkeypatch):
     assert device_mod.resolve_device("cuda") == torch.device("cuda:0")
     assert device_mod.resolve_device("auto") == torch.device("cuda:0")
     assert device_mod.resolve_device("cuda:1") == torch.device("cuda", 1)
-    assert torch.device("cuda") != torch.device("cuda:0")  # why the index matters
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # bare cuda is the current device, named
+    assert device_mod.resolve_device("cuda") == torch.device("cuda", 1)
+    assert device_mod.resolve_device("auto") == torch.device("cuda", 1)
     with pytest.raises(BoneAgeError, match="only 2 CUDA device"):
         device_mod.resolve_device("cuda:2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
