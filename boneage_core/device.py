@@ -5,6 +5,7 @@ the hardware computes natively, whether the splits live on the GPU or stream fro
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,17 @@ def amp_dtype(precision: str, device_type: str, capability: tuple[int, int] | No
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """amp_dtype for a run; a precision this device cannot give (bf16 or fp16 on a CPU) is said once,
+    as a warning, and the run computes in fp32."""
+    if device.type != "cuda" and cfg.precision in ("bf16", "fp16"):
+        _warn_precision(cfg.precision, device.type)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     return amp_dtype(cfg.precision, device.type, capability)
+
+
+@functools.cache
+def _warn_precision(precision: str, device_type: str) -> None:
+    log.warning(f"train.precision = {precision} cannot be honoured on the {device_type}: it computes in fp32")
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from boneage_core.augment import augmented_batch, normalize
 from boneage_core.checkpoint import TrainingState, restore_checkpoint, save_checkpoint
-from boneage_core.config import TrainConfig, check_config
+from boneage_core.config import TrainConfig
 from boneage_core.device import autocast_dtype, autocast_for, host_batches, place_images, resolve_device, split_tensors
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.metrics import regression_metrics
@@ -44,7 +44,7 @@ class FitResult:
     pred_months: np.ndarray | None = None  # predictions of the last evaluation, on the evaluation split
     metrics: dict[str, float] = field(default_factory=dict)  # full metrics of the last evaluation
     # the last epoch's predictions with the batch-norm statistics gathered during training, as the
-    # seed project evaluated (only when fit was asked for them)
+    # original project evaluated (only when fit was asked for them)
     pred_months_without_bn_reestimation: np.ndarray | None = None
     model: BoneAgeNet | None = None
     target_mean: float = 0.0  # months: the model predicts (age - mean) / std of the training ages
@@ -235,7 +235,7 @@ def _evaluate_epoch(
     keep_without_bn_reestimation: bool,
 ) -> _Evaluation:
     """The protocol's evaluation after an epoch (batch-norm statistics re-estimated first); with
-    keep_without_bn_reestimation also the predictions without that step, as the seed project evaluated."""
+    keep_without_bn_reestimation also the predictions without that step, as the original project evaluated."""
     without = None
     if keep_without_bn_reestimation:  # before the statistics are re-estimated below
         without = _predict(model, data.eval_images, data.eval_male, cfg, mean, std)
@@ -346,7 +346,6 @@ def fit(
     progress: a description for a progress bar over the epochs (on stderr), None for none; eval_label
     names the evaluation split on it.
     """
-    check_config(cfg)
     if cfg.batch_size > len(train):
         raise BoneAgeError(f"train.batch_size = {cfg.batch_size} is above the {len(train)} training images")
     device = resolve_device(cfg.device)

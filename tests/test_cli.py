@@ -111,7 +111,27 @@ BAD_ARGS = [
     ("unknown study", ["run", "--study", "nosuch"], "unknown study 'nosuch'"),
     ("unknown key", ["run", "--set", "train.learning_rate=0.1"], "train.learning_rate"),
     ("unknown section", ["run", "--set", "trian.lr=0.1"], "trian.lr"),
-    ("wrong type", ["run", "--set", "train.epochs=many"], "train.epochs", "int"),
+    ("wrong type", ["run", "--set", "train.epochs=many"], "train.epochs", "whole number"),
+    # one coercion rule in every section: a quoted number is a string, for train as for data
+    ("quoted float in train", ["run", "--set", 'train.lr="1e-3"'], "'train.lr' must be a number", "'1e-3'"),
+    ("quoted int in data", ["run", "--set", 'data.seed="3"'], "'data.seed' must be a whole number", "'3'"),
+    ("fraction for an int", ["run", "--set", "train.epochs=2.0"], "'train.epochs' must be a whole number", "2.0"),
+    ("number for a bool", ["run", "--set", "train.use_sex=1"], "'train.use_sex' must be true or false"),
+    ("baseline field range", ["run", "--set", "baseline.lr=-1"], "baseline.lr = -1.0", "positive"),
+    ("heartbeat beyond an hour", ["run", "--set", "study.heartbeat_interval=10000000000"], "heartbeat_interval"),
+    (
+        "int range with fractional ends",
+        ["run", "--set", 'space.epochs.type="int"', "--set", "space.epochs.low=1.5", "--set", "space.epochs.high=3"],
+        "[space.epochs]",
+        "whole-number ends",
+    ),
+    (
+        "int step beyond its range",
+        ["run", "--set", 'space.epochs.type="int"', "--set", "space.epochs.low=1", "--set", "space.epochs.high=3",
+         "--set", "space.epochs.step=5"],
+        "[space.epochs]",
+        "step = 5 is larger than the range",
+    ),  # fmt: skip
     ("no equals", ["run", "--set", "train.epochs"], "section.key=value"),
     ("unknown backbone", ["run", "--set", "train.backbone=vgg"], "backbone"),
     ("image too small", ["run", "--set", "data.image_size=16"], "image_size", "32 px"),
@@ -225,7 +245,7 @@ def test_bad_study_file_is_one_line_and_exit_2(tmp_path, text, fragments, capsys
     assert not (tmp_path / "studies").exists()  # nothing made for a study that could not be created
 
 
-def test_a_seed_recipe_that_cannot_train_is_refused_before_the_search(tmp_path, capsys, monkeypatch):
+def test_a_baseline_that_cannot_train_is_refused_before_the_search(tmp_path, capsys, monkeypatch):
     src = make_kaggle(tmp_path / "k", n=20)
     study = tmp_path / "s.toml"
     good = GOOD.replace('"phantom"', f'"{src}"')
@@ -236,7 +256,7 @@ def test_a_seed_recipe_that_cannot_train_is_refused_before_the_search(tmp_path, 
     study.write_text(good.replace('pretrained = "none"\nbatch_size', "batch_size"))  # ImageNet weights, offline
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
     r = run_main("run", "--study", str(study), cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, "seed recipe ([baseline])", "imagenet")
+    assert_one_line_error(r, "baseline ([baseline])", "imagenet")
     assert not (tmp_path / "studies" / "s.db").exists()
 
 

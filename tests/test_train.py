@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 import boneage_core.device as device_mod
 import boneage_core.train as train_mod
 from boneage_core import BoneAgeError, TrainingDiverged
-from boneage_core.config import DataSettings, TrainConfig, make_config
+from boneage_core.config import DataSettings, TrainConfig
 from boneage_core.dataset import prepare
 from boneage_core.phantom import (
     LABEL_NOISE_SD_MONTHS,
@@ -149,7 +151,7 @@ def test_a_finished_checkpoint_gives_back_its_predictions_and_a_truncated_one_is
     cfg = TrainConfig(backbone="timm:resnet10t", image_size=32, epochs=2, batch_size=8, head_hidden=16)
     ckpt = tmp_path / "run.pt"
     first = fit(cfg, train, val, checkpoint=ckpt, eval_each_epoch=False, eval_without_bn_reestimation=True)
-    # the seed's own evaluation (running statistics from augmented batches) differs from the protocol's
+    # the original project's own evaluation (running statistics from augmented batches) differs from the protocol's
     assert not np.allclose(first.pred_months, first.pred_months_without_bn_reestimation, atol=0.1)
     epochs = []
     again = fit(cfg, train, val, on_epoch_end=lambda e, r: epochs.append(e), checkpoint=ckpt)
@@ -221,7 +223,7 @@ def test_data_placement_can_be_forced_and_a_cpu_always_holds_the_data():
     )  # decided before CUDA is asked
     assert device_mod.place_images(TrainConfig(), [], None, torch.device("cpu"), 0.5) == "device"
     with pytest.raises(BoneAgeError, match="data_placement"):
-        make_config({"data_placement": "gpu"})
+        TrainConfig(data_placement="gpu")
 
 
 def test_a_checkpoint_restores_onto_a_model_on_another_device(small, tmp_path):
@@ -253,3 +255,13 @@ def test_a_checkpoint_restores_onto_a_model_on_another_device(small, tmp_path):
     assert len(restored.history) == 1
     steps = [s["step"] for s in state.optimizer.state_dict()["state"].values()]
     assert steps and all(s.device.type == "cpu" for s in steps)
+
+
+def test_a_precision_the_cpu_cannot_give_is_a_warning_not_a_silent_fp32(caplog):
+    device_mod._warn_precision.cache_clear()  # said once per process: start from none said
+    with caplog.at_level(logging.WARNING, logger="boneage_core.device"):
+        assert device_mod.autocast_dtype(TrainConfig(precision="bf16"), torch.device("cpu")) is None
+        assert device_mod.autocast_dtype(TrainConfig(precision="bf16"), torch.device("cpu")) is None
+        assert device_mod.autocast_dtype(TrainConfig(precision="fp32"), torch.device("cpu")) is None
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["train.precision = bf16 cannot be honoured on the cpu: it computes in fp32"]

@@ -1,8 +1,9 @@
 """The search space: parsed from a study's [space.*] tables; suggest_config is the only caller of
-trial.suggest_*, so the search and the retrain of its best trial read parameters the same way."""
+trial.suggest_*. A trial records the config it trained, which retrain reads back as it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import optuna
 
 from boneage_core import BoneAgeError
-from boneage_core.config import FIELD_TYPES, TrainConfig, coerce_field, make_config
+from boneage_core.config import TrainConfig, field_types, typed_value
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -29,8 +30,9 @@ class ParamSpec:
 def parse_param(name: str, table: dict[str, Any]) -> ParamSpec:
     """One [space.NAME] table -> ParamSpec, every impossible range refused with the field named."""
     where = f"[space.{name}]"
-    if name not in FIELD_TYPES:
-        raise BoneAgeError(f"{where}: '{name}' is not a training field; known: {', '.join(sorted(FIELD_TYPES))}")
+    types = field_types(TrainConfig)
+    if name not in types:
+        raise BoneAgeError(f"{where}: '{name}' is not a training field; known: {', '.join(sorted(types))}")
     known = {"type", "low", "high", "log", "step", "choices"}
     unknown = set(table) - known
     if unknown:
@@ -42,7 +44,7 @@ def parse_param(name: str, table: dict[str, Any]) -> ParamSpec:
         choices = table.get("choices")
         if not isinstance(choices, list) or not choices:
             raise BoneAgeError(f"{where}: categorical needs a non-empty list 'choices'")
-        return ParamSpec(name, kind, choices=tuple(coerce_field(name, c, "space") for c in choices))
+        return ParamSpec(name, kind, choices=tuple(typed_value(TrainConfig, name, c, where) for c in choices))
     for key in ("low", "high"):
         if not isinstance(table.get(key), (int, float)) or isinstance(table.get(key), bool):
             raise BoneAgeError(f"{where}: '{key}' must be a number")
@@ -55,13 +57,20 @@ def parse_param(name: str, table: dict[str, Any]) -> ParamSpec:
         raise BoneAgeError(f"{where}: low = {low} is above high = {high}")
     if log and low <= 0:
         raise BoneAgeError(f"{where}: a log range needs low > 0, got low = {low}")
-    if kind == "int" and FIELD_TYPES[name] is not int:
-        raise BoneAgeError(f"{where}: type int does not fit field '{name}' ({FIELD_TYPES[name].__name__})")
-    if kind == "float" and FIELD_TYPES[name] is not float:
-        raise BoneAgeError(f"{where}: type float does not fit field '{name}' ({FIELD_TYPES[name].__name__})")
+    if kind == "int" and types[name] is not int:
+        raise BoneAgeError(f"{where}: type int does not fit field '{name}' ({types[name].__name__})")
+    if kind == "float" and types[name] is not float:
+        raise BoneAgeError(f"{where}: type float does not fit field '{name}' ({types[name].__name__})")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise BoneAgeError(f"{where}: an int range needs whole-number ends, got low = {low} and high = {high}")
     step = table.get("step")
-    if step is not None and (log or step <= 0):
-        raise BoneAgeError(f"{where}: 'step' must be positive and cannot be combined with log")
+    if step is not None:
+        if not isinstance(step, int | float) or isinstance(step, bool) or log or not step > 0:
+            raise BoneAgeError(f"{where}: 'step' must be a positive number and cannot be combined with log")
+        if kind == "int" and not float(step).is_integer():
+            raise BoneAgeError(f"{where}: an int range needs a whole-number step, got {step}")
+        if step > high - low > 0:
+            raise BoneAgeError(f"{where}: step = {step} is larger than the range {low} to {high}")
     return ParamSpec(name, kind, float(low), float(high), log, step)
 
 
@@ -70,7 +79,8 @@ def parse_space(tables: dict[str, Any]) -> dict[str, ParamSpec]:
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: dict[str, ParamSpec]) -> TrainConfig:
-    """base with every searched field drawn from the trial (a live Trial or a FixedTrial)."""
+    """base with every searched field drawn from the trial (the space's ends and choices were checked
+    when it was parsed, so every draw makes a valid TrainConfig)."""
     values: dict[str, Any] = {}
     for p in space.values():
         if p.type == "float":
@@ -79,9 +89,4 @@ def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: dict
             values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
         else:
             values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
-    return make_config(values, base)
-
-
-def config_from_params(params: dict[str, Any], base: TrainConfig, space: dict[str, ParamSpec]) -> TrainConfig:
-    """The config a finished trial trained, rebuilt through suggest_config on a FixedTrial."""
-    return suggest_config(optuna.trial.FixedTrial(params), base, space)
+    return dataclasses.replace(base, **values)

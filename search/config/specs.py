@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from boneage_core.config import (
+    BASELINE,
     MAX_IMAGE_SIZE_PX,
     MIN_IMAGE_SIZE_PX,
-    SEED_RECIPE,
     DataSettings,
+    SettingError,
     TrainConfig,
-    check_image_size,
-    coerce_field,
-    make_config,
+    settings_from,
 )
 from boneage_core.errors import BoneAgeError
 from search.config.space import ParamSpec, parse_space
@@ -39,6 +38,14 @@ class SamplerSettings:
     seed: int = 0
     n_startup_trials: int = 10  # TPE's random trials before it models the space
 
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise SettingError("name", self.name, f"use one of {', '.join(SAMPLERS)}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise SettingError("seed", self.seed, "a seed must lie in [0, 2^32)")
+        if self.n_startup_trials < 0:
+            raise SettingError("n_startup_trials", self.n_startup_trials, "must be at least 0")
+
 
 @dataclass(frozen=True)
 class PrunerSettings:
@@ -50,10 +57,18 @@ class PrunerSettings:
     min_resource: int = 1  # hyperband, successive_halving: epochs of the first rung
     reduction_factor: int = 3  # hyperband, successive_halving: 1/k of the trials go on at each rung
 
+    def __post_init__(self):
+        if self.name not in PRUNERS:
+            raise SettingError("name", self.name, f"use one of {', '.join(PRUNERS)}")
+        for key, least in PRUNER_MINIMA.items():
+            if getattr(self, key) < least:
+                raise SettingError(key, getattr(self, key), f"must be at least {least}")
+
 
 # Optuna's pruners accept these below their minimum and fail later, inside a trial (hyperband's
 # reduction_factor 1 divides by zero after the first epoch)
 PRUNER_MINIMA = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1, "reduction_factor": 2}
+MAX_HEARTBEAT_S = 3600  # a longer interval overflows the heartbeat thread's wait (and detects nothing)
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,14 @@ class StudyOptions:
     name: str = ""
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
     grace_period: int = 30  # a RUNNING trial silent this long belongs to a dead worker
+
+    def __post_init__(self):
+        if self.name:
+            check_study_name(self.name, "name")
+        if not 0 < self.heartbeat_interval < self.grace_period:
+            raise SettingError("heartbeat_interval", self.heartbeat_interval, "must be positive and below grace_period")
+        if self.heartbeat_interval > MAX_HEARTBEAT_S:
+            raise SettingError("heartbeat_interval", self.heartbeat_interval, f"must be at most {MAX_HEARTBEAT_S} s")
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,7 @@ class StudySpec:
     space: dict[str, ParamSpec]
     sampler: SamplerSettings
     pruner: PrunerSettings
-    baseline: TrainConfig  # the seed recipe: SEED_RECIPE with [baseline] applied, never [train]
+    baseline: TrainConfig  # the baseline: BASELINE with [baseline] applied, never [train]
     heartbeat_interval_s: int
     grace_period_s: int
 
@@ -157,21 +180,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_section(table: Any, cls: type, where: str):
-    """A TOML table as the frozen dataclass cls: every key one of its fields, every value of the
-    field's type (the type of its default); what the table leaves out keeps the dataclass default."""
-    if not isinstance(table, dict):
-        raise BoneAgeError(f"[{where}] must be a table")
-    types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
-    for k, v in table.items():
-        if k not in types:
-            raise BoneAgeError(f"unknown key '{where}.{k}' (known: {', '.join(types)})")
-        want = types[k]
-        if want is int and isinstance(v, bool) or not isinstance(v, want):
-            raise BoneAgeError(f"'{where}.{k}' must be {want.__name__}, got {v!r}")
-    return cls(**table)
-
-
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
@@ -208,13 +216,13 @@ def spec_from_raw(raw: dict[str, Any], path: Path | None, name: str | None = Non
     for section in raw:
         if section not in SECTIONS:
             raise BoneAgeError(f"{where}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
-    data = _data_settings(raw.get("data", {}))
-    train_values = {k: coerce_field(k, v) for k, v in raw.get("train", {}).items()}
-    if "image_size" in train_values:
+    data = settings_from(DataSettings, raw.get("data", {}), "data")
+    train_table = raw.get("train", {})
+    if isinstance(train_table, dict) and "image_size" in train_table:
         raise BoneAgeError("set the image size as data.image_size: the cache is built at that size")
-    train = make_config({**train_values, "image_size": data.image_size})
+    train = settings_from(TrainConfig, train_table, "train", TrainConfig(image_size=data.image_size))
     space = _space(raw.get("space", {}), train)
-    baseline = seed_recipe(raw.get("baseline", {}), data.image_size, train)
+    baseline = baseline_recipe(raw.get("baseline", {}), data.image_size, train)
     options = _study_options(raw.get("study", {}), where)
     return StudySpec(
         name=options.name,
@@ -222,21 +230,12 @@ def spec_from_raw(raw: dict[str, Any], path: Path | None, name: str | None = Non
         data=data,
         train=train,
         space=space,
-        sampler=_sampler_settings(raw.get("sampler", {})),
-        pruner=_pruner_settings(raw.get("pruner", {})),
+        sampler=settings_from(SamplerSettings, raw.get("sampler", {}), "sampler"),
+        pruner=settings_from(PrunerSettings, raw.get("pruner", {}), "pruner"),
         baseline=baseline,
         heartbeat_interval_s=options.heartbeat_interval,
         grace_period_s=options.grace_period,
     )
-
-
-def _data_settings(table: dict[str, Any]) -> DataSettings:
-    data = read_section(table, DataSettings, "data")
-    if data.max_images < 0 or data.phantom_n < 20:
-        raise BoneAgeError("data.max_images must be >= 0 and data.phantom_n >= 20")
-    check_seed(data.seed, "data.seed")
-    check_image_size(data.image_size, "data.image_size")
-    return data
 
 
 def _space(tables: dict[str, Any], train: TrainConfig) -> dict[str, ParamSpec]:
@@ -255,40 +254,12 @@ def _space(tables: dict[str, Any], train: TrainConfig) -> dict[str, ParamSpec]:
     return space
 
 
-def _sampler_settings(table: dict[str, Any]) -> SamplerSettings:
-    sampler = read_section(table, SamplerSettings, "sampler")
-    if sampler.name not in SAMPLERS:
-        raise BoneAgeError(f"sampler.name = {sampler.name!r}: use one of {', '.join(SAMPLERS)}")
-    check_seed(sampler.seed, "sampler.seed")
-    if sampler.n_startup_trials < 0:
-        raise BoneAgeError(f"sampler.n_startup_trials = {sampler.n_startup_trials}: must be at least 0")
-    return sampler
-
-
-def _pruner_settings(table: dict[str, Any]) -> PrunerSettings:
-    pruner = read_section(table, PrunerSettings, "pruner")
-    if pruner.name not in PRUNERS:
-        raise BoneAgeError(f"pruner.name = {pruner.name!r}: use one of {', '.join(PRUNERS)}")
-    for key, least in PRUNER_MINIMA.items():
-        if getattr(pruner, key) < least:
-            raise BoneAgeError(f"pruner.{key} = {getattr(pruner, key)}: must be at least {least}")
-    return pruner
-
-
 def _study_options(table: dict[str, Any], path: Path) -> StudyOptions:
-    options = read_section(table, StudyOptions, "study")
-    named = "name" in table
-    options = dataclasses.replace(options, name=options.name if named else path.stem)
-    check_study_name(options.name, "study.name" if named else f"the study file name {path.name}")
-    if not 0 < options.heartbeat_interval < options.grace_period:
-        raise BoneAgeError("study.heartbeat_interval must be positive and below study.grace_period")
-    return options
-
-
-def check_seed(value: int, where: str) -> int:
-    if not 0 <= value < SEED_LIMIT:
-        raise BoneAgeError(f"{where} = {value}: a seed must lie in [0, 2^32)")
-    return value
+    options = settings_from(StudyOptions, table, "study")
+    if "name" in table:
+        return options
+    check_study_name(path.stem, f"the study file name {path.name}")
+    return dataclasses.replace(options, name=path.stem)
 
 
 def check_space_values(space: dict[str, ParamSpec], train: TrainConfig) -> None:
@@ -298,15 +269,14 @@ def check_space_values(space: dict[str, ParamSpec], train: TrainConfig) -> None:
         values = p.choices if p.type == "categorical" else (p.low, p.high)
         for v in values:
             try:
-                make_config({p.name: int(v) if p.type == "int" else v}, train)
-            except BoneAgeError as exc:
+                dataclasses.replace(train, **{p.name: int(v) if p.type == "int" else v})
+            except SettingError as exc:
                 raise BoneAgeError(f"[space.{p.name}] can draw {v!r}, which is not a valid value: {exc}") from None
 
 
-def seed_recipe(table: dict[str, Any], image_size: int, train: TrainConfig) -> TrainConfig:
-    """The study's seed recipe: SEED_RECIPE with its [baseline] table applied. Only where and how
-    numerically a run goes (device, precision) come from [train], the same for every recipe."""
-    if not isinstance(table, dict):
-        raise BoneAgeError("[baseline] must be a table of training fields")
-    base = dataclasses.replace(SEED_RECIPE, image_size=image_size, device=train.device, precision=train.precision)
-    return make_config(table, base)
+def baseline_recipe(table: dict[str, Any], image_size: int, train: TrainConfig) -> TrainConfig:
+    """The study's baseline: BASELINE (the original project's recipe) with its [baseline] table
+    applied. Only where and how numerically a run goes (device, precision) come from [train], the same
+    for every recipe."""
+    base = dataclasses.replace(BASELINE, image_size=image_size, device=train.device, precision=train.precision)
+    return settings_from(TrainConfig, table, "baseline", base)

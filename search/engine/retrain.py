@@ -1,10 +1,10 @@
-"""Retrain the best trial's config and the seed recipe on train+val; the final test MAE, seed-aware.
+"""Retrain the best trial's config and the baseline on train+val; the final test MAE, seed-aware.
 
 The test split is read here and by the report only. Every recipe trains on the same train+val images
 and is scored on the same test images, K seeds each: the best trial's config, with --top-k the next
 best distinct configurations and their average (the top-k ensemble), with --bias-correction each tuned
-model corrected by a line fitted on its trials' val predictions, and the seed recipe. Every comparison
-resamples seeds as well as test images (boneage_core.metrics): on an earlier demo the seed recipe's
+model corrected by a line fitted on its trials' val predictions, and the baseline. Every comparison
+resamples seeds as well as test images (boneage_core.metrics): on an earlier demo the baseline's
 test MAE ran from 13.2 to 19.0 months over three seeds, far more than the test set's own uncertainty.
 
 Every epoch is checkpointed under a key of everything that decides the weights (config, seed, data
@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from boneage_core import BoneAgeError
-from boneage_core.config import RUNTIME_FIELDS, TrainConfig, make_config
+from boneage_core.config import RUNTIME_FIELDS, TrainConfig, settings_from
 from boneage_core.dataset import Split, SplitsBySize
 from boneage_core.metrics import (
     apply_correction,
@@ -42,7 +42,6 @@ from boneage_core.metrics import (
     verdict,
 )
 from boneage_core.train import FitResult, fit, predict_months
-from search.config.space import config_from_params
 from search.config.specs import StudySpec
 from search.storage.provenance import device_description, provenance, record_command
 from search.storage.results import (
@@ -65,8 +64,8 @@ from search.storage.truth import StudyRef
 
 # Every recipe retrain can score, in the order every table and figure lists them
 RECIPES = ("best", "best_corrected", "ensemble", "ensemble_corrected", "baseline")
-# Comparisons beyond best minus seed recipe (the verdict), each (a, b) for a minus b, where both exist:
-# the final models against the seed recipe, the ensemble against its best member, each bias correction
+# Comparisons beyond best minus baseline (the verdict), each (a, b) for a minus b, where both exist:
+# the final models against the baseline, the ensemble against its best member, each bias correction
 # against the same models uncorrected (before and after).
 COMPARED = (
     ("ensemble", "baseline"),
@@ -102,7 +101,7 @@ class Recipes:
     configs: dict[str, TrainConfig]
     best_trial: int
     overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from --set
-    seed_recipe_modified: dict[str, list[Any]]  # retrain's --set baseline.* against the study's seed recipe
+    baseline_modified: dict[str, list[Any]]  # retrain's --set baseline.* against the study's baseline
     members: list[Candidate] = dataclasses.field(default_factory=list)  # top-k, best first
 
 
@@ -126,12 +125,13 @@ def top_trials(study: optuna.Study, k: int, run_hint: str = "python -m search ru
 
 
 def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
-    """A trial's config rebuilt from what it recorded, through suggest_config on a FixedTrial of its params."""
+    """The config a trial recorded as it trained, read back as a TrainConfig; runtime fields (device) are
+    this command's."""
     recorded = trial.user_attrs.get("config")
     if recorded is None:
         raise BoneAgeError(f"trial {trial.number} recorded no config: it was not run by `python -m search run`")
     runtime = {k: getattr(spec.train, k) for k in RUNTIME_FIELDS}  # where this command runs, not where it did
-    return config_from_params(trial.params, make_config({**recorded, **runtime}), spec.space)
+    return settings_from(TrainConfig, {**recorded, **runtime}, f"trial {trial.number}'s recorded config")
 
 
 def recipes(
@@ -142,27 +142,26 @@ def recipes(
     top_k: int = 1,
     run_hint: str = "python -m search run",
 ) -> Recipes:
-    """The best trial rebuilt from the config that trial itself recorded (through suggest_config on a
-    FixedTrial of its params, so search and retrain read parameters alike), the next top_k - 1 distinct
-    configurations alike, and the study's seed recipe. --set train.* changes the tuned recipes (the best
-    and the ensemble's members) only and --set baseline.* the seed recipe only; runtime fields (device)
+    """The best trial's config as that trial recorded it, the next top_k - 1 distinct
+    configurations alike, and the study's baseline. --set train.* changes the tuned recipes (the best
+    and the ensemble's members) only and --set baseline.* the baseline only; runtime fields (device)
     apply to all. spec is the study's own (search.storage.truth). Every change is returned, to be recorded and
     shown."""
     trials = top_trials(study, top_k, run_hint)
     members = []
     for rank, t in enumerate(trials, start=1):
-        cfg = make_config(train_overrides, _trial_config(t, spec))
+        cfg = settings_from(TrainConfig, train_overrides, "train", _trial_config(t, spec))
         val_pred = t.user_attrs.get(VAL_PREDICTIONS_ATTR)
         members.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
     best = _trial_config(trials[0], spec)
     runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}
-    seed_used = make_config({**runtime, **(baseline_overrides or {})}, spec.baseline)
+    seed_used = settings_from(TrainConfig, {**runtime, **(baseline_overrides or {})}, "baseline", spec.baseline)
     changed = config_changes(spec.baseline, seed_used)
     return Recipes(
         configs={"best": members[0].config, "baseline": seed_used},
         best_trial=trials[0].number,
         overrides={"best": config_changes(best, members[0].config), "baseline": changed},
-        seed_recipe_modified=changed,
+        baseline_modified=changed,
         members=members,
     )
 
@@ -211,7 +210,7 @@ class SeedPredictions:
 
     pred_months: np.ndarray  # as the protocol evaluates (batch-norm statistics re-estimated)
     tta_flip: np.ndarray  # averaged over a horizontal flip; empty without --tta
-    without_bn_reestimation: np.ndarray  # only where fit was asked for it (the seed recipe); else empty
+    without_bn_reestimation: np.ndarray  # only where fit was asked for it (the baseline); else empty
 
 
 def _train_seeds(
@@ -226,7 +225,7 @@ def _train_seeds(
     quiet: bool,
 ) -> SeedPredictions:
     """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
-    flip TTA, and (for the seed recipe) without batch-norm re-estimation."""
+    flip TTA, and (for the baseline) without batch-norm re-estimation."""
     trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
     preds, tta_preds, without_preds = [], [], []
     for k in range(seeds):
@@ -332,7 +331,7 @@ def retrain(
     bias_correction: bool = False,
 ) -> RetrainResult:
     """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
-    study's seed recipe (changed only by baseline_overrides), K seeds each, on the study's data. spec is
+    study's baseline (changed only by baseline_overrides), K seeds each, on the study's data. spec is
     the study's own (search.storage.truth). bias_correction adds each tuned model corrected by a line fitted on
     its trials' val predictions. The command (argv) is recorded in the study before training; the
     result is stored in the study (search.storage.results), the only copy every view reads; the prediction files
@@ -352,7 +351,7 @@ def retrain(
     baseline = _train_seeds(
         "baseline",
         plan.configs["baseline"],
-        label="seed recipe",
+        label="baseline",
         seeds=seeds,
         data=data,
         ckpt_dir=ckpt_dir,
@@ -378,7 +377,7 @@ def retrain(
         elif name == "baseline":
             what["wall_time_s"] = seed_wall
             without = baseline.without_bn_reestimation
-            if len(without):  # the seed recipe evaluated exactly as the seed project did
+            if len(without):  # the baseline evaluated exactly as the original project did
                 what["without_bn_reestimation"] = _mae(without, test)
         scores[name] = recipe_score(preds[name], test, **what)
     result = RetrainResult(
@@ -400,7 +399,7 @@ def retrain(
             f"{a}_minus_{b}": comparison(preds[a], preds[b], test) for a, b in COMPARED if a in preds and b in preds
         },
         overrides=plan.overrides,
-        seed_recipe_modified=plan.seed_recipe_modified,
+        baseline_modified=plan.baseline_modified,
         bias_correction=corrections,
         command=command,
         best_minus_baseline_tta_flip=comparison(tta_preds["best"], tta_preds["baseline"], test) if tta else None,
@@ -422,9 +421,9 @@ def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
     return out_dir, ckpt_dir
 
 
-def comparison(best: np.ndarray, seed_recipe: np.ndarray, test: Split) -> Comparison:
+def comparison(best: np.ndarray, baseline: np.ndarray, test: Split) -> Comparison:
     """A minus B on the same test images: the seed-aware paired difference and its verdict, and,
     labelled apart, the difference of the two seed ensembles (a CI over images only)."""
-    d = paired_seed_aware_difference(best, seed_recipe, test.age_months)
-    ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(seed_recipe.mean(0) - test.age_months))
+    d = paired_seed_aware_difference(best, baseline, test.age_months)
+    ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(baseline.mean(0) - test.age_months))
     return Comparison(**d, verdict=verdict(d), ensembles=Difference(**ens))
