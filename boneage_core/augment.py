@@ -3,9 +3,9 @@
 One affine grid per batch (rotation, translation, scale, horizontal flip) from torch's affine_grid,
 sampled with grid_sample, then brightness and contrast (unless intensity=False). Strength 0 returns
 the batch untouched; 1 is strong but anatomical (+-20 degrees, +-10% shift, +-15% scale, flip half
-the time, +-20% brightness and contrast). Strength 1 without intensity is the seed project's augmentation: torchvision's
-RandomRotation(20), RandomHorizontalFlip() and RandomAffine(translate=(0.1, 0.1), scale=(0.85, 1.15)),
-composed into one resampling instead of three.
+the time, +-20% brightness and contrast). Strength 1 without intensity is the original project's
+augmentation: torchvision's RandomRotation(20), RandomHorizontalFlip() and
+RandomAffine(translate=(0.1, 0.1), scale=(0.85, 1.15)), composed into one resampling instead of three.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """From a data source to training-ready splits: phantom or RSNA directory -> table -> split -> cache.
 
-The search, the seed recipe's baseline and the retrain all read their images through SplitsBySize, so
+The search, the baseline and the retrain all read their images through SplitsBySize, so
 each image size is decoded once into the cache and every command sees the same rows in the same split.
 """
 

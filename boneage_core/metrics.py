@@ -90,7 +90,7 @@ def seed_aware_mae(
     """A recipe's test MAE over its seeds: mean and SD over seeds, and a two-stage bootstrap CI that
     resamples the seeds, then the test images. pred_months is (seeds, images).
 
-    Seeds can vary more than test images (the seed recipe's test MAE ran from 13.2 to 19.0 months over
+    Seeds can vary more than test images (the baseline's test MAE ran from 13.2 to 19.0 months over
     three seeds on an earlier demo), so a CI over images alone would claim a precision the recipe does
     not have. With one seed the CI is over images only: the seed spread is unknown."""
     abs_err = _abs_errors(pred_months, true_months)

@@ -71,7 +71,7 @@ def sample_subject(rng: np.random.Generator) -> tuple[float, bool]:
 # maturation schedule are version 1's. In version 1 carpal centres, epiphyses and growth plates were a
 # pixel or less wide at 48 to 128 px, and a strong recipe stayed 1.5 to 1.8 times above the noise floor
 # (results/learnability). Version 2 also cropped to the hand (an infant's hand filled the frame as an
-# adolescent's did): that took away the hand's size, a cue the seed recipe leaned on (its val MAE, one
+# adolescent's did): that took away the hand's size, a cue the baseline leaned on (its val MAE, one
 # seed each, went from 9.6 to 12.4 months with 2000 hands), so it was dropped.
 PHANTOM_VERSION = 3
 AGE_FEATURE_SCALE = 2.5  # carpal centres, epiphyses and growth plates, this much larger than life-size

@@ -1,6 +1,6 @@
 """Does a rerun of the demo reproduce the committed one? Compare a rerun's study with
 results/demo/trials.csv, trial by trial (state, val MAE, wall time), and, where the rerun also ran
-baseline and retrain, its stored results with results/demo/summary.json (the seed recipe's val MAE
+baseline and retrain, its stored results with results/demo/summary.json (the baseline's val MAE
 per seed, every recipe's test MAE, the verdict's difference); write the comparison.
 
     python scripts/demo_rerun.py RERUN_DIR --install-s 97 --run-s 1511 --commit a00d2d6
@@ -83,7 +83,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def _results(study: optuna.Study, committed: Path) -> list[str]:
-    """The rerun's stored seed recipe and final test against the committed summary.json, where both are."""
+    """The rerun's stored baseline and final test against the committed summary.json, where both are."""
     from search.storage.results import load_baseline, load_retrain
 
     old = json.loads(committed.read_text())
@@ -92,7 +92,7 @@ def _results(study: optuna.Study, committed: Path) -> list[str]:
     if base is not None and old.get("baseline"):
         was, now = old["baseline"]["val_mae_per_seed"], base.val_mae_per_seed
         same = _same(was, now)
-        lines.append(f"- seed recipe, val MAE per seed: {_fmt(now)} (committed {_fmt(was)}); the same: {same}")
+        lines.append(f"- baseline, val MAE per seed: {_fmt(now)} (committed {_fmt(was)}); the same: {same}")
     if test is not None and old.get("test"):
         names = list(test.recipes)
         was = [old["test"]["recipes"].get(n, {}).get("mae", {}).get("mean", float("nan")) for n in names]
@@ -101,7 +101,7 @@ def _results(study: optuna.Study, committed: Path) -> list[str]:
         triple_was = [d_was["mae_diff_months"], d_was["ci_low"], d_was["ci_high"]]
         lines += [
             f"- final test MAE ({', '.join(names)}): {_fmt(now)} (committed {_fmt(was)}); the same: {_same(was, now)}",
-            f"- best minus seed recipe: {d.mae_diff_months:+.2f} months, 95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}, "
+            f"- best minus baseline: {d.mae_diff_months:+.2f} months, 95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}, "
             f"{d.verdict} (committed {d_was['mae_diff_months']:+.2f}, {d_was['ci_low']:+.2f} to "
             f"{d_was['ci_high']:+.2f}, {d_was['verdict']}); the same: "
             f"{_same(triple_was, [d.mae_diff_months, d.ci_low, d.ci_high])}",

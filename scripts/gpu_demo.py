@@ -1,4 +1,4 @@
-"""The GPU study (search/config/studies/gpu-demo.toml) in about ten minutes on one GPU: search, seed recipe, final test.
+"""The GPU study (search/config/studies/gpu-demo.toml) in about ten minutes on one GPU: search, baseline, final test.
 
 Runs the commands a user would, each as its own process in the current directory, and times them:
 

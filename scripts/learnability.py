@@ -1,6 +1,6 @@
 """How far can the embedded default be learned? Its ceiling against its label-noise floor.
 
-Trains the seed recipe (exactly as studies define it, from scratch: no ImageNet weights offline) and a
+Trains the baseline (exactly as studies define it, from scratch: no ImageNet weights offline) and a
 strong recipe (sex input, Huber loss, AdamW, cosine schedule, 30 epochs) with fit() on the phantom, at
 48, 96 and 128 px, with 600 hands (the old demo's: 420 train, 90 val) and with 2000 (1400 train, 300
 val), one seed each; val MAE in months after every epoch, against the noise floor (MAE 4.79: no model
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boneage_core.phantom  # noqa: E402
 from boneage_core.cache import default_cache_dir  # noqa: E402
-from boneage_core.config import SEED_RECIPE, DataSettings, TrainConfig  # noqa: E402
+from boneage_core.config import BASELINE, DataSettings, TrainConfig  # noqa: E402
 from boneage_core.dataset import prepare  # noqa: E402
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS  # noqa: E402
 from boneage_core.train import fit  # noqa: E402
@@ -47,10 +47,10 @@ from search.storage.provenance import git_commit
 
 SMALL_N, LARGE_N = 600, 2000  # phantom images: 420 and 1400 of them train (the first is the old demo's)
 BAR_X_NOISE_FLOOR = 1.6  # a miniature where recipes matter gets this close to its noise floor
-SEED = {k: v for k, v in dataclasses.asdict(SEED_RECIPE).items() if k not in ("image_size", "device")}
-SEED["pretrained"] = "none"
+BASELINE_FIELDS = {k: v for k, v in dataclasses.asdict(BASELINE).items() if k not in ("image_size", "device")}
+BASELINE_FIELDS["pretrained"] = "none"
 STRONG = {
-    **SEED,
+    **BASELINE_FIELDS,
     "use_sex": True,
     "loss": "huber",
     "optimizer": "adamw",
@@ -71,7 +71,7 @@ ROWS = [
     (48, "strong", LARGE_N),
     (96, "strong", LARGE_N),
 ]
-RECIPES = {"seed": SEED, "strong": STRONG}
+RECIPES = {"seed": BASELINE_FIELDS, "strong": STRONG}  # "seed": the baseline, as results/learnability names it
 
 
 def phantom_at(commit: str | None) -> ModuleType:
@@ -167,7 +167,7 @@ def markdown(report: dict) -> str:
         f"for a learnable miniature is {BAR_X_NOISE_FLOOR}x that, {bar:.2f} months. The commit column is the "
         "phantom's code a row was measured with (the row's own commit, or the one `--phantom-commit` named). "
         "Wall times include writing and decoding a phantom not yet in the cache, and some rows shared the cores "
-        "with other work: they are not search.bench.",
+        "with other work: they are not benchmarks.",
     ]
     for v in sorted({version(r) for r in report["rows"]}):
         rows = [r for r in report["rows"] if version(r) == v]
@@ -184,9 +184,9 @@ def markdown(report: dict) -> str:
     if missing:
         rows, them = (f"row {missing[0]}", "it") if len(missing) == 1 else (f"rows {', '.join(missing)}", "them")
         lines += ["", f"Not yet measured on version {current}: {rows} (`--rows {' '.join(missing)}` adds {them})."]
-    seed = ", ".join(f"{k} {v}" for k, v in SEED.items())
-    strong = ", ".join(f"{k} {v}" for k, v in STRONG.items() if SEED.get(k) != v)
-    return "\n".join([*lines, "", f"Seed recipe: {seed}.", "", f"Strong recipe: the seed recipe with {strong}.", ""])
+    seed = ", ".join(f"{k} {v}" for k, v in BASELINE_FIELDS.items())
+    strong = ", ".join(f"{k} {v}" for k, v in STRONG.items() if BASELINE_FIELDS.get(k) != v)
+    return "\n".join([*lines, "", f"Baseline: {seed}.", "", f"Strong recipe: the baseline with {strong}.", ""])
 
 
 def invocations(rows: list[dict]) -> str:
@@ -203,7 +203,7 @@ def write_report(out: Path, rows: list[dict]) -> None:
         "noise_floor_mae_months": NOISE_FLOOR_MAE_MONTHS,
         "bar_mae_months": BAR_X_NOISE_FLOOR * NOISE_FLOOR_MAE_MONTHS,
         "phantom_version": version_of(boneage_core.phantom),
-        "seed_recipe": SEED,
+        "seed_recipe": BASELINE_FIELDS,  # the key the committed results were written with
         "strong_recipe": STRONG,
         "rows": rows,
     }

@@ -31,7 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.bench.seed_pipeline import RSNA_HW, write_fullsize  # noqa: E402
+from search.bench.original_pipeline import RSNA_HW, write_fullsize  # noqa: E402
 
 # the sizes of the official RSNA release; ids as there: training 1377.., validation and test apart
 SPLIT_SIZES = {"train": 12611, "val": 1425, "test": 200}
@@ -142,7 +142,7 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
     gathers its batches; with step, one timed training step (train_one_epoch, the code a GPU runs)."""
     import torch
 
-    from boneage_core.config import SEED_RECIPE, DataSettings
+    from boneage_core.config import BASELINE, DataSettings
     from boneage_core.dataset import Split, SplitsBySize
     from boneage_core.train import fit_tensors, new_training_state, train_one_epoch
 
@@ -152,7 +152,7 @@ def worker(root: str, size: int, ready: str, stop: str, copy: bool, step: bool) 
     if copy:  # how a split was held before: every worker's own copy of its rows
         train = Split(np.array(train.images), train.age_months, train.male, train.ids)
         val = Split(np.array(val.images), val.age_months, val.male, val.ids)
-    cfg = dataclasses.replace(SEED_RECIPE, image_size=size, pretrained="none", device="cpu")
+    cfg = dataclasses.replace(BASELINE, image_size=size, pretrained="none", device="cpu")
     device = torch.device("cpu")
     mean, std = float(np.mean(train.age_months)), float(np.std(train.age_months))
     placed = fit_tensors(train, val, device, "device", mean, std)

@@ -28,7 +28,7 @@ def _batch() -> torch.Tensor:
 
 
 def reference_augment(u8: torch.Tensor, strength: float, generator: torch.Generator, intensity: bool = True):
-    """The plain composition the augmentation must equal, written out step by step from the seed's
+    """The plain composition the augmentation must equal, written out step by step from the original project's
     transforms: standardize, rotate/flip/shift/scale around the background value with torch's
     affine_grid and grid_sample, then contrast and brightness."""
     x = normalize(u8)
@@ -78,7 +78,7 @@ def test_what_training_feeds_the_model_is_the_plain_composition(intensity):
 
 
 def test_without_intensity_only_geometry_changes():
-    """The seed recipe's augmentation: the same geometric draw, pixel values kept (air stays exactly air,
+    """The baseline's augmentation: the same geometric draw, pixel values kept (air stays exactly air,
     the bone's level is not rescaled)."""
     x = _batch()
     with_jitter = augmented_batch(x, 1.0, torch.Generator().manual_seed(5))
@@ -124,26 +124,26 @@ TRUE = np.random.default_rng(0).uniform(0, 228, 90)
 
 
 def test_unsteady_seeds_make_the_paired_ci_include_zero_where_images_alone_would_not():
-    """The demo's seeds: tuned 12.8, 12.9, 12.3 against the seed recipe's 11.6, 17.2, 17.9 months. An
+    """The demo's seeds: tuned 12.8, 12.9, 12.3 against the baseline's 11.6, 17.2, 17.9 months. An
     images-only bootstrap of seed-averaged errors calls the gain significant; resampling the seeds too
-    shows that one lucky seed of the seed recipe beats the tuned one."""
-    tuned, seed_recipe = (
+    shows that one lucky seed of the baseline beats the tuned one."""
+    tuned, baseline = (
         recipe_predictions(TRUE, [12.8, 12.9, 12.3], 1),
         recipe_predictions(TRUE, [11.6, 17.2, 17.9], 2),
     )
-    images_only = paired_mae_difference(np.abs(tuned - TRUE).mean(0), np.abs(seed_recipe - TRUE).mean(0))
+    images_only = paired_mae_difference(np.abs(tuned - TRUE).mean(0), np.abs(baseline - TRUE).mean(0))
     assert images_only["ci_high"] < 0
-    d = paired_seed_aware_difference(tuned, seed_recipe, TRUE)
+    d = paired_seed_aware_difference(tuned, baseline, TRUE)
     assert d["mae_diff_months"] == pytest.approx(12.667 - 15.567, abs=1e-3)
     assert d["ci_low"] < 0 < d["ci_high"] and 0.025 < d["p_a_not_better"] < 0.5
     assert verdict(d) == "no significant difference"
 
 
 def test_a_clear_gain_with_steady_seeds_excludes_zero():
-    tuned, seed_recipe = recipe_predictions(TRUE, [9.0, 9.2, 8.8], 3), recipe_predictions(TRUE, [12.1, 12.3, 11.9], 4)
-    d = paired_seed_aware_difference(tuned, seed_recipe, TRUE)
+    tuned, baseline = recipe_predictions(TRUE, [9.0, 9.2, 8.8], 3), recipe_predictions(TRUE, [12.1, 12.3, 11.9], 4)
+    d = paired_seed_aware_difference(tuned, baseline, TRUE)
     assert d["ci_high"] < 0 and d["p_a_not_better"] < 0.025 and verdict(d) == "better"
-    assert verdict(paired_seed_aware_difference(seed_recipe, tuned, TRUE)) == "worse"
+    assert verdict(paired_seed_aware_difference(baseline, tuned, TRUE)) == "worse"
 
 
 def test_one_seed_gives_no_verdict():

@@ -62,9 +62,9 @@ def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     assert best.to_dict() == s.best_trial.user_attrs["config"]
     plan = recipes(s, spec, {"epochs": 1})  # an explicit --set train.* changes the best recipe on purpose
     assert plan.configs["best"].epochs == 1 and plan.overrides["best"] == {"epochs": [2, 1]}
-    assert plan.configs["baseline"].epochs == 2 and not plan.seed_recipe_modified  # and never the seed recipe
-    modified = recipes(s, spec, {}, {"epochs": 3})  # --set baseline.* changes the seed recipe, said so
-    assert modified.configs["baseline"].epochs == 3 and modified.seed_recipe_modified == {"epochs": [2, 3]}
+    assert plan.configs["baseline"].epochs == 2 and not plan.baseline_modified  # and never the baseline
+    modified = recipes(s, spec, {}, {"epochs": 3})  # --set baseline.* changes the baseline, said so
+    assert modified.configs["baseline"].epochs == 3 and modified.baseline_modified == {"epochs": [2, 3]}
     assert modified.configs["best"] == best
 
 
@@ -119,7 +119,7 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
         assert e.tta_flip is not None
     preds = (tmp_path / "results" / "tiny" / "predictions_best_seed1.csv").read_text().splitlines()
     assert preds[0] == "id,age_months,male,pred_months" and len(preds) == 1 + out.n_test == 7
-    assert f"on the same {out.n_test} test images" in r.stdout and "seed recipe" in r.stdout
+    assert f"on the same {out.n_test} test images" in r.stdout and "baseline" in r.stdout
 
     main_ok("baseline", "--study", str(searched), "--quiet", cwd=tmp_path, capsys=capsys)
     main_ok("report", "--study", str(searched), cwd=tmp_path, capsys=capsys)
@@ -149,7 +149,7 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
         assert parsed.script_srcs == ["plotly.min.js"] and parsed.plot_divs == 1, page.name  # shared, offline
         assert page.stat().st_size < 1_000_000, page.name  # plotly.js is not embedded
     summary = (res / "summary.md").read_text()
-    assert "seed recipe" in summary and "Final test" in summary and "95% CI" in summary
+    assert "baseline" in summary and "Final test" in summary and "95% CI" in summary
     assert "PNG copies" in summary
     assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
 
@@ -276,7 +276,7 @@ def test_linear_correction_undoes_shrinkage_toward_the_mean():
 def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_src, capsys):
     """The K best distinct configurations each retrained, their per-seed average scored as a recipe with
     seed-aware CIs; each tuned model corrected by a line fitted on its trials' own val predictions; the
-    report sets them beside the best and the seed recipe; a rerun reuses every checkpoint."""
+    report sets them beside the best and the baseline; a rerun reuses every checkpoint."""
     main_ok("run", "--study", str(study), "--trials", "4", "--quiet", cwd=tmp_path, capsys=capsys)
     s = load(tmp_path)
     argv = ("retrain", "--study", str(study), "--top-k", "2", "--bias-correction", "--seeds", "2", "--quiet")
@@ -318,7 +318,7 @@ def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_
     assert "top-2 ensemble" in main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
 
     ckpts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")}
-    assert len(ckpts) == 6  # best, top2 and the seed recipe, two seeds each
+    assert len(ckpts) == 6  # best, top2 and the baseline, two seeds each
     main_ok("retrain", "--study", str(study), "--top-k", "2", "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")} == ckpts
     again = load_retrain(load(tmp_path))

@@ -9,7 +9,7 @@ import sys
 from tests.conftest import REPO, TINY_STUDY, run_main
 
 
-def test_gpu_demo_runs_search_seed_recipe_top_k_retrain_and_report_into_results_gpu_demo(
+def test_gpu_demo_runs_search_baseline_top_k_retrain_and_report_into_results_gpu_demo(
     tmp_path, phantom_src, monkeypatch, capsys
 ):
     """scripts/gpu_demo.py as a GPU machine would run it, with a tiny studies/gpu-demo.toml in the
@@ -30,7 +30,7 @@ def test_gpu_demo_runs_search_seed_recipe_top_k_retrain_and_report_into_results_
 
     monkeypatch.setattr(gpu_demo.subprocess, "run", run_here, raising=True)
     (tmp_path / "studies").mkdir()
-    tiny = TINY_STUDY.format(source=phantom_src).replace("epochs = 2", "epochs = 1")  # the seed recipe's too
+    tiny = TINY_STUDY.format(source=phantom_src).replace("epochs = 2", "epochs = 1")  # the baseline's too
     (tmp_path / "studies" / "gpu-demo.toml").write_text(tiny)
     monkeypatch.chdir(tmp_path)
     assert gpu_demo.main(["--trials", "2", "--search-s", "600"]) == 0

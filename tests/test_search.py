@@ -255,7 +255,7 @@ def test_baseline_is_recorded_in_the_study_and_shown_by_status(tmp_path, study, 
     states = [t.state.name.lower() for t in load(tmp_path).get_trials()]
     counted = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned") if states.count(s))
     assert f"study tiny: 2 trials: {counted} (target 2 finished" in status
-    assert f"seed recipe: val MAE {base.val_mae_months:.2f} months, mean of 3 seed(s)" in status
+    assert f"baseline: val MAE {base.val_mae_months:.2f} months, mean of 3 seed(s)" in status
     assert f"({', '.join(f'{v:.2f}' for v in per_seed)}; SD " in status
     assert "best: trial" in status
     cli("baseline", "--seeds", "1", "--quiet")
@@ -317,7 +317,7 @@ def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refu
         assert detail["objective_names"] == ["val MAE (months)"]
         base = load_baseline(load(tmp_path))
         note = detail["note"]["body"]
-        assert f"seed recipe, mean ± SD over 2 seeds | {base.val_mae_months:.2f}" in note
+        assert f"baseline, mean ± SD over 2 seeds | {base.val_mae_months:.2f}" in note
         assert "## Final test" in note and "| recipe | MAE (months) |" in note
         files = sorted(a["filename"] for a in detail["artifacts"])
         assert files == ["predictions_baseline_seed0.csv", "predictions_baseline_seed1.csv",
@@ -459,10 +459,10 @@ def test_long_commands_show_progress_in_months_and_quiet_silences_them(tmp_path,
         "cache": main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys),
     }
     bars = {k: r.stderr.replace("\r", "\n") for k, r in shown.items()}
-    assert "seed recipe, seed 1/1 (28 images, 32 px): 100%" in bars["baseline"] and "2/2 [" in bars["baseline"]
+    assert "baseline, seed 1/1 (28 images, 32 px): 100%" in bars["baseline"] and "2/2 [" in bars["baseline"]
     assert "val MAE" in bars["baseline"] and "months" in bars["baseline"]
     assert "retrain best, seed 1/1 (34 images, 32 px): 100%" in bars["retrain"]
-    assert "test MAE" in bars["retrain"] and "retrain seed recipe, seed 1/1" in bars["retrain"]
+    assert "test MAE" in bars["retrain"] and "retrain baseline, seed 1/1" in bars["retrain"]
     assert "decoding train at 32 px: 100%" in bars["cache"]
     for r in shown.values():
         assert not any(line.lstrip().startswith("{") for line in (r.stdout + r.stderr).splitlines())

@@ -42,7 +42,7 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     text = study.read_text().replace("epochs = 2", "epochs = 4")  # [train] and [baseline] edited afterwards
     study.write_text(text)
     hint = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
-    assert f"seed recipe: not run yet (python -m search baseline --study {study})" in hint
+    assert f"baseline: not run yet (python -m search baseline --study {study})" in hint
     url = f"sqlite:///{tmp_path}/studies/tiny.db"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -60,7 +60,7 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     assert base.config["epochs"] == 1 and out.recipes["baseline"].config["epochs"] == 1
     assert out.recipes["best"].config["epochs"] == 1 and all(m.config["epochs"] == 1 for m in out.members)
     assert out.recipes["baseline"].config["lr"] == 0.003 and out.recipes["best"].config["lr"] != 0.003
-    assert out.seed_recipe_modified == {"lr": [0.001, 0.003]} and out.overrides["best"] == {}
+    assert out.baseline_modified == {"lr": [0.001, 0.003]} and out.overrides["best"] == {}
     assert set(out.recipes) == {"best", "best_corrected", "ensemble", "ensemble_corrected", "baseline"}
     assert s.user_attrs["settings"]["data"]["seed"] == 3
 
@@ -94,11 +94,11 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
         f"python -m search {c}" for c in ("run", "baseline", "retrain", "run", "report")
     ]
     assert block[2] == shlex.join(["python", "-m", "search", *retrain, "--set", "baseline.lr=0.003"])
-    # created with --set baseline.epochs=1 the seed recipe is the study's own; retrain's --set modified it
+    # created with --set baseline.epochs=1 the baseline is the study's own; retrain's --set modified it
     page = (there / "index.html").read_text()
-    assert "<strong>Verdict</strong>" in page and "| modified seed recipe |" in md and "| seed recipe |" not in md
-    assert "between the best recipe and the modified seed recipe" in md or "than the modified seed recipe" in md
-    assert "| seed recipe, seed 0 |" in md  # the val table's seed recipe is the study's, unmodified
+    assert "<strong>Verdict</strong>" in page and "| modified baseline |" in md and "| baseline |" not in md
+    assert "between the best recipe and the modified baseline" in md or "than the modified baseline" in md
+    assert "| baseline, seed 0 |" in md  # the val table's baseline is the study's, unmodified
     status_here = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     status_there = main_ok("status", "--study", "tiny", "--storage", url, cwd=elsewhere, capsys=capsys).stdout
 
@@ -110,14 +110,14 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
         assert f"the final test scored trial {out.best_trial}; the search has since found" in status_here
     assert f"final test (2 seeds, {out.n_test} images)" in status_there and d["verdict"] in status_there
     assert (
-        "the modified seed recipe" in status_there
-        and "seed recipe changed for this retrain: lr 0.001 -> 0.003" in status_there
+        "the modified baseline" in status_there
+        and "baseline changed for this retrain: lr 0.001 -> 0.003" in status_there
     )
 
     # the note keeps the verdict whichever command wrote it last
     main_ok("baseline", "--study", str(study), "--seeds", "1", "--quiet", cwd=tmp_path, capsys=capsys)
     note = _note(load(tmp_path))
-    assert "**Verdict**" in note and "## Final test" in note and "seed recipe, mean ± SD over 1 seed |" in note
+    assert "**Verdict**" in note and "## Final test" in note and "baseline, mean ± SD over 1 seed |" in note
 
     # the stored result is typed data, retrain.json a copy of it; a damaged one is one line
     assert from_json(RetrainResult, to_json(out)) == out and len(out.recipes["best"].pred_months[0]) == out.n_test

@@ -1,4 +1,4 @@
-"""Trustworthy verdicts: one set of settings per study, a fixed seed recipe, checkpoints that cannot be
+"""Trustworthy verdicts: one set of settings per study, a fixed baseline, checkpoints that cannot be
 stale, recorded provenance, status in the right words, and nothing made for a study that does not
 exist. (The seed-aware statistics themselves are tested in test_augment_metrics.)"""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from boneage_core.config import SEED_RECIPE
+from boneage_core.config import BASELINE
 from search.config.specs import load_spec
 from search.reporting.report import status_text
 from search.storage.results import BaselineResult, store
@@ -15,10 +15,10 @@ from search.storage.truth import StudyRef
 from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
 
-def test_the_seed_recipe_is_the_seed_projects_and_train_settings_never_move_it(study):
+def test_the_baseline_is_the_original_projects_recipe_and_train_settings_never_move_it(study):
     demo = load_spec("demo")
     learned = ("epochs", "batch_size", "optimizer", "lr", "schedule", "loss", "use_sex", "aug_strength")
-    assert all(getattr(demo.baseline, f) == getattr(SEED_RECIPE, f) for f in learned)
+    assert all(getattr(demo.baseline, f) == getattr(BASELINE, f) for f in learned)
     assert demo.baseline.aug_intensity is False and demo.baseline.backbone == "resnet50"
     assert (demo.baseline.epochs, demo.baseline.lr, demo.baseline.schedule) == (5, 1e-3, "none")
     assert load_spec("demo", ["train.lr=0.5", "train.epochs=9", "train.loss=l1"]).baseline == demo.baseline
@@ -71,7 +71,7 @@ def test_a_changed_dataset_trains_new_checkpoints_and_scores_its_own_test_images
         return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")}, preds
 
     first, first_preds = run_and_retrain()
-    assert len(first) == 2  # best and seed recipe, one seed each
+    assert len(first) == 2  # best and baseline, one seed each
     (tmp_path / "studies" / "tiny.db").unlink()  # a new study of the same name, on other data
     study.write_text(study.read_text().replace(str(phantom_src), str(other_phantom)))
     both, second_preds = run_and_retrain()

@@ -1,4 +1,4 @@
-"""Benchmark 1, the data path: the seed's PIL + DataLoader pipeline against the decode-once cache and
+"""Benchmark 1, the data path: the original project's PIL + DataLoader pipeline against the decode-once cache and
 tensor augmentation (training_batches, what fit runs), on RSNA-size PNGs resized to 224 px."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from boneage_core.cache import build_cache
 from boneage_core.train import training_batches
 from search.bench.common import Sizes, section
-from search.bench.seed_pipeline import RSNA_HW, make_fullsize_images, seed_pipeline_epoch_s
+from search.bench.original_pipeline import RSNA_HW, make_fullsize_images, original_pipeline_epoch_s
 
 
 def our_pipeline_images_per_s(images: torch.Tensor, batch_size: int, strength: float, min_s: float = 2.0) -> float:
@@ -47,9 +47,9 @@ def measure(sizes: Sizes, work: Path, batch_size: int = 32) -> dict:
     images, load_s = _timed(lambda: torch.from_numpy(np.ascontiguousarray(cache)))
     torch.set_num_threads(os.cpu_count() or 1)
     ours = our_pipeline_images_per_s(images, batch_size, strength=1.0, min_s=sizes.data_min_s)
-    seed_named = len(table) / seed_pipeline_epoch_s(table, px, batch_size, resize_first=False)
-    seed_resize_first = len(table) / seed_pipeline_epoch_s(table, px, batch_size, resize_first=True)
-    # bracket the seed runs: CPU speed drifts
+    original_named = len(table) / original_pipeline_epoch_s(table, px, batch_size, resize_first=False)
+    original_resize_first = len(table) / original_pipeline_epoch_s(table, px, batch_size, resize_first=True)
+    # bracket the original pipeline's runs: CPU speed drifts
     ours_again = our_pipeline_images_per_s(images, batch_size, strength=1.0, min_s=sizes.data_min_s)
     ours = statistics.mean([ours, ours_again])
     return {
@@ -59,12 +59,12 @@ def measure(sizes: Sizes, work: Path, batch_size: int = 32) -> dict:
         "mean_png_mb": round(sum(os.path.getsize(p) for p in table["path"]) / len(table) / 1e6, 2),
         "target_px": px,
         "batch_size": batch_size,
-        "seed_workers": os.cpu_count() or 1,
-        "seed_images_per_s": round(seed_named, 2),
-        "seed_resize_first_images_per_s": round(seed_resize_first, 2),
+        "original_workers": os.cpu_count() or 1,
+        "original_images_per_s": round(original_named, 2),
+        "original_resize_first_images_per_s": round(original_resize_first, 2),
         "ours_images_per_s": round(ours, 1),
-        "ratio_vs_seed": round(ours / seed_named, 1),
-        "ratio_vs_seed_resize_first": round(ours / seed_resize_first, 1),
+        "ratio_vs_original": round(ours / original_named, 1),
+        "ratio_vs_original_resize_first": round(ours / original_resize_first, 1),
         "cache_build_s": round(build_s, 2),
         "cache_build_images_per_s": round(len(table) / build_s, 2),
         "cache_load_per_trial_s": round(load_s, 4),
@@ -78,24 +78,25 @@ def bench_data_path(sizes: Sizes, work: Path, **_) -> dict:
         "ours at least 100 times faster per epoch once the cache is built",
     )
     f = s["figures"] = measure(sizes, work)
-    n, ratio = f["images"], f["ours_images_per_s"] / f["seed_images_per_s"]
+    n, ratio = f["images"], f["ours_images_per_s"] / f["original_images_per_s"]
     s["met"] = ratio >= 100
     s["measured"] = (
-        f"{ratio:.0f}x ({f['ours_images_per_s']:,.0f} vs {f['seed_images_per_s']:.1f} images/s at {f['target_px']} "
+        f"{ratio:.0f}x ({f['ours_images_per_s']:,.0f} vs {f['original_images_per_s']:.1f} images/s at {f['target_px']} "
         f"px); one-off cache build {f['cache_build_s']:.1f} s for {n} images ({f['cache_build_images_per_s']:.1f} "
         "images/s)"
     )
     s["notes"] = [
-        "Seed pipeline as the issue names it: PIL open + convert('L') per item, RandomRotation(20), "
+        "The original pipeline as the issue names it: PIL open + convert('L') per item, RandomRotation(20), "
         "RandomHorizontalFlip, RandomAffine(translate 0.1, scale 0.85-1.15), Resize, ToTensor, Normalize, in a "
-        f"DataLoader with {f['seed_workers']} workers (one per core), batch {f['batch_size']}, a fresh DataLoader "
+        f"DataLoader with {f['original_workers']} workers (one per core), batch {f['batch_size']}, a fresh DataLoader "
         "per epoch.",
-        f"A faster variant of the seed that resizes before augmenting gives {f['seed_resize_first_images_per_s']:.1f} "
-        f"images/s: ours is {f['ratio_vs_seed_resize_first']:.0f}x that. Either way the seed pays a full PNG decode "
-        f"({f['mean_png_mb']:.1f} MB on average) for every image in every epoch.",
+        "A faster variant of the original pipeline that resizes before augmenting gives "
+        f"{f['original_resize_first_images_per_s']:.1f} images/s: ours is {f['ratio_vs_original_resize_first']:.0f}x "
+        f"that. Either way the original pipeline pays a full PNG decode ({f['mean_png_mb']:.1f} MB on average) for "
+        "every image in every epoch.",
         "Ours: training_batches, the code fit runs: index into the uint8 cache in memory, standardize, one "
         "affine grid per batch (strength 1), on the CPU threads of this machine; averaged over two runs "
-        "bracketing the seed runs.",
+        "bracketing the original pipeline's runs.",
         "The cache build decodes each file once (threads, PIL releases the GIL); every later trial and worker "
         f"memory-maps it ({f['cache_load_per_trial_s'] * 1000:.1f} ms to load these {n} images).",
     ]

@@ -1,5 +1,5 @@
-"""The seed project's data path, for the data-path benchmark to race against: RSNA-size PNGs (2044x1514,
-8- and 16-bit, film grain so they compress like scans) and the seed's PIL + torchvision + DataLoader
+"""The original project's data path, for the data-path benchmark to race against: RSNA-size PNGs (2044x1514,
+8- and 16-bit, film grain so they compress like scans) and the original project's PIL + torchvision + DataLoader
 pipeline, which decodes every PNG in every epoch."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def make_fullsize_images(out_dir: Path, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 class SeedPipelineDataset(torch.utils.data.Dataset):
-    """The seed project's data path: open each PNG with PIL per item, PIL transforms, normalize."""
+    """The original project's data path: open each PNG with PIL per item, PIL transforms, normalize."""
 
     def __init__(self, paths: list[str], ages: np.ndarray, size: int, resize_first: bool = False):
         import torchvision.transforms as T
@@ -69,12 +69,12 @@ class SeedPipelineDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         with Image.open(self.paths[i]) as img:
-            image = img.convert("L")  # as the seed did (this clips 16-bit data; only speed counts here)
+            image = img.convert("L")  # as the original project did (this clips 16-bit data; only speed counts here)
         return self.transform(image), torch.tensor(self.ages[i], dtype=torch.float32)
 
 
-def seed_pipeline_epoch_s(table: pd.DataFrame, size: int, batch_size: int, resize_first: bool) -> float:
-    """Seconds for one epoch through a fresh DataLoader with one worker per core, as the seed ran it."""
+def original_pipeline_epoch_s(table: pd.DataFrame, size: int, batch_size: int, resize_first: bool) -> float:
+    """Seconds for one epoch through a fresh DataLoader with one worker per core, as the original project ran it."""
     ds = SeedPipelineDataset(list(table["path"]), table["age_months"].to_numpy(np.float32), size, resize_first)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=os.cpu_count() or 1)
     start = time.perf_counter()

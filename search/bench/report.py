@@ -1,4 +1,4 @@
-"""The search.bench' report: the machine and versions they ran on, bench.json and bench.md."""
+"""The benchmarks' report: the machine and versions they ran on, bench.json and bench.md."""
 
 from __future__ import annotations
 

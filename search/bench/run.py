@@ -1,6 +1,6 @@
-"""python -m search bench: the performance search.bench, each a ratio measured side by side in one run.
+"""python -m search bench: the performance benchmarks, each a ratio measured side by side in one run.
 
-1. data path: the seed's PIL + DataLoader pipeline vs the decode-once cache + tensor augmentation
+1. data path: the original project's PIL + DataLoader pipeline vs the decode-once cache + tensor augmentation
 2. training overhead: a fit() epoch on cached data vs forward/backward/step on tensors in memory
 3. search efficiency: pruning vs none, TPE + pruning vs random search at an equal epoch budget
 4. storage overhead: per-trial cost of SQLite and PostgreSQL, 1 and 2 workers
@@ -69,7 +69,7 @@ def run_bench(
     log: Callable[[str], None] = tqdm.write,
     argv: list[str] | None = None,
 ) -> dict:
-    """Run the named search.bench (default all) and write <out_dir>/bench.json and bench.md after each.
+    """Run the named benchmarks (default all) and write <out_dir>/bench.json and bench.md after each.
     argv: the command line as typed, recorded with its passwords hidden."""
     names = parse_only(only)
     dev = resolve_device(device)

@@ -73,7 +73,7 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     b = spec.baseline
     if not args.quiet:
         print(
-            f"seed recipe on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
+            f"baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
             f"{b.epochs} epochs, batch {b.batch_size}",
             flush=True,
         )
@@ -81,7 +81,7 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     _rewrite_note(study, ref)
     sd = f", SD {record.val_mae_sd:.2f}" if record.val_mae_sd is not None else ""
     print(
-        f"seed recipe val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
+        f"baseline val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
         f"({format_seeds(record.val_mae_per_seed)}{sd}; {record.wall_time_s:.0f} s); "
         f"mean predictor {record.mean_predictor_val_mae_months:.2f} months; recorded in {redact(ref.url)}"
     )
@@ -96,7 +96,7 @@ def _is_recipe_override(item: str) -> bool:
 
 def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     """--set train.* and --set baseline.* are deliberate changes for this retrain (to the tuned recipes
-    and to the seed recipe), recorded and shown; every other setting must match the study's."""
+    and to the baseline), recorded and shown; every other setting must match the study's."""
     from search.config.specs import apply_overrides
     from search.engine.retrain import retrain as run_retrain
     from search.reporting.words import retrain_lines

@@ -90,7 +90,7 @@ def _common_options() -> Parser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override a study field when creating a study, repeatable (e.g. --set train.epochs=3); an "
-        "existing study keeps its data, fixed training fields, space, sampler, pruner and seed recipe, and "
+        "existing study keeps its data, fixed training fields, space, sampler, pruner and baseline, and "
         "refuses a change to them (device and heartbeat stay free)",
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -108,7 +108,7 @@ def get_args_parser() -> Parser:
     run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine (default 1)")
     run.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
     bl = sub.add_parser(
-        "baseline", parents=[common], help="train the seed recipe on an existing study's data and record it"
+        "baseline", parents=[common], help="train the baseline on an existing study's data and record it"
     )
     bl.add_argument(
         "--seeds", type=positive_int, default=3, help="seeds; the recorded val MAE is their mean (default 3)"
@@ -116,8 +116,8 @@ def get_args_parser() -> Parser:
     rt = sub.add_parser(
         "retrain",
         parents=[common],
-        help="best params (with --top-k the K best and their ensemble) and the seed recipe on train+val -> "
-        "test MAE; --set train.* changes the tuned recipes only, --set baseline.* the seed recipe only",
+        help="best params (with --top-k the K best and their ensemble) and the baseline on train+val -> "
+        "test MAE; --set train.* changes the tuned recipes only, --set baseline.* the baseline only",
     )
     rt.add_argument(
         "--seeds",
@@ -142,7 +142,7 @@ def get_args_parser() -> Parser:
         "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md and more"
     )
     sub.add_parser(
-        "status", parents=[common], help="trials by state, best so far, the seed recipe, the final test, time spent"
+        "status", parents=[common], help="trials by state, best so far, the baseline, the final test, time spent"
     )
     dash = sub.add_parser(
         "dashboard", parents=[common], help="optuna-dashboard on the study storage, with the files retrain attached"
@@ -156,7 +156,7 @@ def get_args_parser() -> Parser:
 
 def _tool_parsers(sub) -> None:
     """The commands that need no study: bench and data."""
-    bench = sub.add_parser("bench", help="the performance search.bench: figures to results/bench/")
+    bench = sub.add_parser("bench", help="the performance benchmarks: figures to results/bench/")
     bench.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes (what CI runs)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     bench.add_argument(
@@ -166,7 +166,7 @@ def _tool_parsers(sub) -> None:
     )
     bench.add_argument(
         "--only",
-        help="comma-separated search.bench: data_path, training_overhead, "
+        help="comma-separated benchmarks: data_path, training_overhead, "
         "search_efficiency, storage, gpu_throughput (default all)",
     )
     bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 2)")

@@ -1,4 +1,4 @@
-"""The seed recipe (ResNet-50, Adam lr 1e-3, MSE, 5 epochs, the seed's geometric augmentation) on the
+"""The baseline (ResNet-50, Adam lr 1e-3, MSE, 5 epochs, the original project's geometric augmentation) on the
 study's data, with several seeds, recorded in the study beside the search it is the yardstick for."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from search.storage.settings import check_settings, study_settings
 def run_baseline(
     spec: StudySpec, study: optuna.Study, quiet: bool = False, seeds: int = 3, argv: list[str] | None = None
 ) -> BaselineResult:
-    """Train the study's seed recipe on train with `seeds` seeds, score val; stored in the study
+    """Train the study's baseline on train with `seeds` seeds, score val; stored in the study
     (search.storage.results). val_mae_months is the mean over seeds: with a constant learning rate the seed
     recipe's last epoch lands anywhere, and its val MAE swung by 3 months between seeds on the phantom, so
     one seed is a poor yardstick for the search. spec is the study's own (search.storage.truth)."""
@@ -34,7 +34,7 @@ def run_baseline(
     start = time.perf_counter()
     runs = []  # (metrics, history) per seed; the models are not kept
     for k in range(seeds):
-        shown = f"seed recipe, seed {k + 1}/{seeds} ({len(train)} images, {spec.baseline.image_size} px)"
+        shown = f"baseline, seed {k + 1}/{seeds} ({len(train)} images, {spec.baseline.image_size} px)"
         cfg = dataclasses.replace(spec.baseline, seed=spec.baseline.seed + k)
         result = fit(cfg, train, val, progress=None if quiet else shown)
         runs.append((result.metrics, result.history))

@@ -82,7 +82,7 @@ def next_step(c: dict[TrialState, int], n_trials: int, timed_out: bool) -> str:
 
 def preflight(spec: StudySpec, n_train: int) -> None:
     """Catch a study that can only fail before any trial runs: every batch size the space can draw, and
-    the seed recipe's, must fit the training set; the fixed backbone and weights, and the seed
+    the baseline's, must fit the training set; the fixed backbone and weights, and the seed
     recipe's, must load."""
     resolve_device(spec.train.device)  # cuda asked for on a machine without one
     p = spec.space.get("batch_size")
@@ -99,7 +99,7 @@ def preflight(spec: StudySpec, n_train: int) -> None:
         try:
             build_model(spec.baseline)
         except BoneAgeError as exc:
-            raise BoneAgeError(f"the seed recipe ([baseline]) cannot be built: {exc}") from None
+            raise BoneAgeError(f"the baseline ([baseline]) cannot be built: {exc}") from None
 
 
 def _check_failures(study: optuna.Study) -> None:

@@ -2,8 +2,8 @@
 
 Optuna's own plots are used for what they draw (history, pruning curves, importances, parallel
 coordinates, slices) and given what they lack: units, readable parameter names, log scales where MAE
-spans a wide range, integer epochs, the seed recipe as the band of its seeds. One colour-blind-safe
-palette (Okabe-Ito) everywhere: blue for the best recipe, orange for the seed recipe, grey for the
+spans a wide range, integer epochs, the baseline as the band of its seeds. One colour-blind-safe
+palette (Okabe-Ito) everywhere: blue for the best recipe, orange for the baseline, grey for the
 other trials.
 """
 
@@ -19,13 +19,13 @@ from boneage_core.metrics import AGE_BRACKETS_MONTHS
 from search.storage.results import BaselineResult, RetrainResult
 
 # Every recipe retrain can score, in the order every table and figure lists them, and its colour
-# (Okabe-Ito, safe for colour-blind readers): blue the best, orange the seed recipe.
+# (Okabe-Ito, safe for colour-blind readers): blue the best, orange the baseline.
 NAMES = {
     "best": "best",
     "best_corrected": "bias-corrected best",
     "ensemble": "top-k ensemble",
     "ensemble_corrected": "bias-corrected top-k ensemble",
-    "baseline": "seed recipe",
+    "baseline": "baseline",
 }
 COLOURS = {
     "best": "#0072B2",
@@ -37,7 +37,7 @@ COLOURS = {
     "accent": "#56B4E9",
 }
 CORNERS = ("top left", "top right", "bottom right")  # one per model in the Bland-Altman figure
-BAND = "rgba(230, 159, 0, 0.25)"  # the seed recipe's orange, see-through
+BAND = "rgba(230, 159, 0, 0.25)"  # the baseline's orange, see-through
 GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
     ("mae_male_months", "male", "male"),
     ("mae_female_months", "female", "female"),
@@ -61,13 +61,13 @@ FIGURES = {
     "optimization_history": (
         "Search history",
         "Each complete trial's val MAE (one seed each, grey) and the best so far (blue), on a log scale so "
-        "one diverged trial does not flatten the rest; the orange band is the seed recipe's range over its "
+        "one diverged trial does not flatten the rest; the orange band is the baseline's range over its "
         "seeds, the dashed line their mean. A trial below the band did better than every seed of it.",
     ),
     "intermediate_values": (
         "Pruning curves",
         "Val MAE after each epoch of every trial (grey; pruned trials stop early), the best trial in blue, "
-        "and the seed recipe's per-epoch range over its seeds (orange band). Log scale.",
+        "and the baseline's per-epoch range over its seeds (orange band). Log scale.",
     ),
     "param_importances": (
         "Which parameters mattered",
@@ -114,7 +114,7 @@ def _style(fig, title: str, x_title: str | None = None, y_title: str | None = No
 
 
 def _seed_band(fig, x: list[float], low: list[float], high: list[float], label: str) -> None:
-    """The seed recipe's range over its seeds as a band: traces, not shapes (shapes on a log axis take
+    """The baseline's range over its seeds as a band: traces, not shapes (shapes on a log axis take
     log10 units, and renderers disagree on them)."""
     edge = dict(mode="lines", line=dict(width=0, color=COLOURS["baseline"]), hoverinfo="skip")
     fig.add_scatter(x=x, y=low, showlegend=False, **edge)
@@ -135,20 +135,20 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
     if base:
         per_seed = base.val_mae_per_seed
         x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
-        _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, f"seed recipe: range of {len(per_seed)} seeds")
+        _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, f"baseline: range of {len(per_seed)} seeds")
         fig.add_scatter(
             x=x,
             y=[base.val_mae_months] * 2,
             mode="lines",
             line=dict(dash="dash", color=COLOURS["baseline"]),
-            name=f"seed recipe: mean {base.val_mae_months:.2f}",
+            name=f"baseline: mean {base.val_mae_months:.2f}",
         )
     return fig
 
 
 def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
     """Drawn here rather than by plot_intermediate_values, which colours every trial differently and
-    has no place for the seed recipe."""
+    has no place for the baseline."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -176,7 +176,7 @@ def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
         per_epoch = np.array([[h[e]["val_mae_months"] for e in range(epochs)] for h in histories])
         x = list(range(1, epochs + 1))
         _seed_band(
-            fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), f"seed recipe: range of {len(histories)} seeds"
+            fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), f"baseline: range of {len(histories)} seeds"
         )
     _style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
     fig.update_xaxes(dtick=1, tick0=1)
@@ -223,10 +223,10 @@ def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str
 
 
 def recipe_name(name: str, retrained: RetrainResult) -> str:
-    """'best', 'bias-corrected top-3 ensemble', 'seed recipe' ('modified seed recipe' where retrain --set
+    """'best', 'bias-corrected top-3 ensemble', 'baseline' ('modified baseline' where retrain --set
     baseline.* changed it): a recipe of a retrain, as every view names it."""
-    if name == "baseline" and retrained.seed_recipe_modified:
-        return "modified seed recipe"
+    if name == "baseline" and retrained.baseline_modified:
+        return "modified baseline"
     return NAMES[name].replace("top-k", f"top-{retrained.top_k}")
 
 

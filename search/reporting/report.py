@@ -1,7 +1,7 @@
 """Views of a study, all from what the study holds: the status text, the dashboard note, and
 results/<study>/ with the report page, summary.md/json, trials.csv and the figures.
 
-Every comparison of the tuned recipe with the seed recipe is stated from seed-aware numbers (see
+Every comparison of the tuned recipe with the baseline is stated from seed-aware numbers (see
 boneage_core.metrics): "better" only where the CI over seeds and test images excludes zero, otherwise
 "no significant difference". Figures are HTML sharing one plotly.min.js beside them (4.8 MB embedded
 in each would be wasteful), so index.html opens offline; PNG copies are written when kaleido and a
@@ -65,13 +65,13 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
                 f"  the final test scored trial {retrained.best_trial}; the search has since found trial "
                 f"{study.best_trial.number}: {ref.hint('retrain')} tests it"
             )
-        changed = {"seed recipe": retrained.seed_recipe_modified, "best recipe": retrained.overrides.get("best")}
+        changed = {"baseline": retrained.baseline_modified, "best recipe": retrained.overrides.get("best")}
         for what, change in changed.items():
             if change:
                 lines.append(f"  {what} changed for this retrain: {describe_changes(change)}")
         for key, c in retrained.comparisons.items():
             a, b = key.split("_minus_")
-            if b == "baseline":  # each other final model against the seed recipe
+            if b == "baseline":  # each other final model against the baseline
                 what, mae = recipe_name(a, retrained), pm(r[a].mae.mean, r[a].mae.sd)
                 lines.append(f"  {what}: {mae} months; {verdict_sentence(c, f'the {what}', f'the {seed}')}")
     else:
@@ -90,16 +90,16 @@ def _created_from(study: optuna.Study) -> str:
 
 def _baseline_status(base: BaselineResult | None, best_value: float | None, ref: StudyRef) -> list[str]:
     if not base:
-        return [f"seed recipe: not run yet ({ref.hint('baseline')})"]
+        return [f"baseline: not run yet ({ref.hint('baseline')})"]
     per_seed = base.val_mae_per_seed
     sd = f"; SD {base.val_mae_sd:.2f}" if base.val_mae_sd is not None else ""
     lines = [
-        f"seed recipe: val MAE {base.val_mae_months:.2f} months, mean of {len(per_seed)} seed(s) "
+        f"baseline: val MAE {base.val_mae_months:.2f} months, mean of {len(per_seed)} seed(s) "
         f"({format_seeds(per_seed)}{sd})",
         f"mean predictor: val MAE {base.mean_predictor_val_mae_months:.2f} months",
     ]
     if best_value is not None:
-        lines.append(f"best vs seed recipe (val): {val_comparison(best_value, per_seed)}")
+        lines.append(f"best vs baseline (val): {val_comparison(best_value, per_seed)}")
     return lines
 
 
@@ -235,12 +235,12 @@ def summary_dict(
             "params": study.best_trial.params,
         }
         if out["baseline"]:
-            out["best"]["vs_seed_recipe_val"] = val_comparison(study.best_value, out["baseline"].val_mae_per_seed)
+            out["best"]["vs_baseline_val"] = val_comparison(study.best_value, out["baseline"].val_mae_per_seed)
     return out
 
 
 def summary_json(s: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: the summary with the stored results as data, less what is bulky (the seed recipe's
+    """summary.json: the summary with the stored results as data, less what is bulky (the baseline's
     per-epoch histories, the per-image predictions: the prediction files and retrain.json hold them)."""
     out = dict(s)
     if s["baseline"]:

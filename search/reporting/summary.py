@@ -68,9 +68,9 @@ def val_section(s: dict[str, Any]) -> list[Block]:
     if base:
         per_seed = base.val_mae_per_seed
         rows.append(["mean predictor (training mean for everyone)", pm(base.mean_predictor_val_mae_months, None)])
-        rows += [[f"seed recipe, seed {k}", f"{v:.2f}"] for k, v in enumerate(per_seed)]
+        rows += [[f"baseline, seed {k}", f"{v:.2f}"] for k, v in enumerate(per_seed)]
         rows.append(
-            [f"seed recipe, mean ± SD over {_count(len(per_seed), 'seed')}", pm(base.val_mae_months, base.val_mae_sd)]
+            [f"baseline, mean ± SD over {_count(len(per_seed), 'seed')}", pm(base.val_mae_months, base.val_mae_sd)]
         )
     if "best" in s:
         rows.append([f"best trial ({s['best']['trial']}), one seed", pm(s["best"]["val_mae_months"], None)])
@@ -79,10 +79,10 @@ def val_section(s: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Search (validation split)"), table(["", "val MAE (months)"], rows)]
     if "best" in s:
         blocks.append(para(f"Best parameters: {format_params(s['best']['params'])}."))
-        if "vs_seed_recipe_val" in s["best"]:
+        if "vs_baseline_val" in s["best"]:
             blocks.append(
                 para(
-                    f"On val the best trial is {s['best']['vs_seed_recipe_val']}. A trial is one seed picked as the "
+                    f"On val the best trial is {s['best']['vs_baseline_val']}. A trial is one seed picked as the "
                     "lowest of many, so val says where to look, not whether the recipe is better: the final test "
                     "below does."
                 )
@@ -131,7 +131,7 @@ def _recipe_rows(r: RetrainResult) -> list[list[str]]:
 
 
 def _comparison_notes(r: RetrainResult) -> list[Block]:
-    """The paired comparison, the seed ensembles, flip TTA, the seed's own evaluation, any changes."""
+    """The paired comparison, the seed ensembles, flip TTA, the original project's own evaluation, any changes."""
     d, seed = r.best_minus_baseline, recipe_name("baseline", r)
     blocks: list[Block] = [
         para(
@@ -163,15 +163,15 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
         ours = r.recipes["baseline"].mae
         blocks.append(
             para(
-                f"The {seed} evaluated as the seed project did (batch-norm statistics from training, not "
+                f"The {seed} evaluated as the original project did (batch-norm statistics from training, not "
                 f"re-estimated): {pm(raw.mean, raw.sd)} months, against {pm(ours.mean, ours.sd)} with this "
                 "project's protocol."
             )
         )
     blocks += _ensemble_notes(r)
-    if r.seed_recipe_modified:
-        changes = describe_changes(r.seed_recipe_modified)
-        blocks.append(para(bold("Modified seed recipe"), f" (retrain --set baseline.*): {changes}."))
+    if r.baseline_modified:
+        changes = describe_changes(r.baseline_modified)
+        blocks.append(para(bold("Modified baseline"), f" (retrain --set baseline.*): {changes}."))
     if r.overrides.get("best"):
         blocks.append(para(f"Best recipe changed for this retrain: {describe_changes(r.overrides['best'])}."))
     return blocks
@@ -237,7 +237,7 @@ def _settings_section(s: dict[str, Any]) -> list[Block]:
         items.append(f"skipped images ({len(skipped)}, all in summary.json): {listed}")
     items += [
         f"fixed training fields: {_fields(settings['train'])}",
-        f"seed recipe: {_fields(settings['baseline'])}",
+        f"baseline: {_fields(settings['baseline'])}",
         f"searched: {', '.join(settings['space']) or 'nothing'}",
         f"sampler: {_fields(settings['sampler'])}; pruner: {_fields(settings['pruner'])}",
     ]
@@ -273,7 +273,7 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
         )
     times = [f"training inside trials {s['search_wall_time_s'] / 60:.1f} min"]
     if s["baseline"]:
-        times.append(f"seed recipe on val {s['baseline'].wall_time_s:.0f} s")
+        times.append(f"baseline on val {s['baseline'].wall_time_s:.0f} s")
     if s["test"]:
         for n, e in s["test"].recipes.items():
             if e.wall_time_s is not None:

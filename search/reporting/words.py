@@ -26,7 +26,7 @@ def pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def verdict_sentence(d: Comparison, what: str = "the best recipe", against: str = "the seed recipe") -> str:
+def verdict_sentence(d: Comparison, what: str = "the best recipe", against: str = "the baseline") -> str:
     """The paired comparison (what minus against) in one sentence whose words follow its CI."""
     numbers = (
         f"{d.mae_diff_months:+.2f} months (95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}; "
@@ -85,13 +85,13 @@ def capital(text: str) -> str:
 
 
 def val_comparison(best: float, seed_mae: list[float]) -> str:
-    """The best trial against the seed recipe on val: the sign said in words, and where the best lies
-    in the seed recipe's own spread (one trial is one seed, so this is no verdict)."""
+    """The best trial against the baseline on val: the sign said in words, and where the best lies
+    in the baseline's own spread (one trial is one seed, so this is no verdict)."""
     mean = float(np.mean(seed_mae))
     pct = 100 * (best / mean - 1)
-    words = f"{abs(pct):.1f}% {'lower' if pct < 0 else 'higher'} than the seed recipe's mean"
+    words = f"{abs(pct):.1f}% {'lower' if pct < 0 else 'higher'} than the baseline's mean"
     if len(seed_mae) < 2:
-        return words + " (one seed of the seed recipe: its spread is unknown)"
+        return words + " (one seed of the baseline: its spread is unknown)"
     lo, hi = min(seed_mae), max(seed_mae)
     if best < lo:
         where = f"below all {len(seed_mae)} of its seeds ({lo:.2f} to {hi:.2f})"
@@ -114,17 +114,17 @@ def recipe_line(name: str, out: RetrainResult) -> str:
 
 
 def retrain_lines(out: RetrainResult) -> list[str]:
-    """What retrain prints: each recipe, the seed recipe as the seed evaluated it, the verdict, then the
+    """What retrain prints: each recipe, the baseline as the seed evaluated it, the verdict, then the
     ensemble's and the bias corrections' comparisons."""
     lines = [recipe_line(n, out) for n in out.recipes]
     raw = out.recipes["baseline"].without_bn_reestimation
     if raw is not None:
         lines.append(
-            f"{recipe_name('baseline', out)} evaluated as the seed project did (no batch-norm re-estimation): "
+            f"{recipe_name('baseline', out)} evaluated as the original project did (no batch-norm re-estimation): "
             f"{raw.mean:.2f} months"
         )
-    if out.seed_recipe_modified:
-        lines.append(f"modified seed recipe: {describe_changes(out.seed_recipe_modified)}")
+    if out.baseline_modified:
+        lines.append(f"modified baseline: {describe_changes(out.baseline_modified)}")
     if out.overrides.get("best"):
         lines.append(f"best recipe changed for this retrain: {describe_changes(out.overrides['best'])}")
     seed = f"the {recipe_name('baseline', out)}"

@@ -80,7 +80,7 @@ class RecipeScore:
     config: dict[str, Any] | None = None  # a trained recipe's config
     trials: list[int] | None = None  # a recipe built from trials (an ensemble, a correction)
     tta_flip: MaeEstimate | None = None
-    without_bn_reestimation: MaeEstimate | None = None  # the seed recipe scored as the seed project did
+    without_bn_reestimation: MaeEstimate | None = None  # the baseline scored as the original project did
     wall_time_s: float | None = None
 
 
@@ -134,7 +134,7 @@ class RetrainResult:
     best_minus_baseline: Comparison
     comparisons: dict[str, Comparison]  # "a_minus_b"
     overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from retrain --set
-    seed_recipe_modified: dict[str, list[Any]]  # {field: [the study's, used]}: retrain --set baseline.*
+    baseline_modified: dict[str, list[Any]]  # {field: [the study's, used]}: retrain --set baseline.*
     bias_correction: dict[str, Correction]
     command: dict[str, Any]
     best_minus_baseline_tta_flip: Comparison | None = None
@@ -146,7 +146,7 @@ class RetrainResult:
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """The seed recipe on val with K seeds: the yardstick for the search's trials."""
+    """The baseline on val with K seeds: the yardstick for the search's trials."""
 
     val_mae_months: float  # the mean over seeds
     val_mae_per_seed: list[float]
@@ -228,7 +228,7 @@ def _load(study: optuna.Study, attr: str, cls: type, rerun: str) -> Any:
 
 
 def load_baseline(study: optuna.Study, rerun: str = "python -m search baseline") -> BaselineResult | None:
-    """The stored seed recipe result, None before `baseline`; rerun: the command to name if unreadable."""
+    """The stored baseline result, None before `baseline`; rerun: the command to name if unreadable."""
     return _load(study, BASELINE_ATTR, BaselineResult, rerun)
 
 

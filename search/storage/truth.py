@@ -3,7 +3,7 @@
 A study file (TOML) and --set create a study; from then on every command (a resumed run, baseline,
 retrain, report, status) rebuilds the study's spec from the settings the study stored at its creation
 (search.storage.settings.study_settings): its data settings, fixed training fields, space, sampler, pruner and
-seed recipe. The study file is read again only for its name and for settings that cannot change a
+baseline. The study file is read again only for its name and for settings that cannot change a
 result (device, data placement, heartbeat); an edit to anything else is ignored, and said by `run`. A
 --set or --data given to a later command is checked against the stored settings before any image is
 decoded: one that differs is one line and exit 2. retrain's --set train.* and --set baseline.* are
