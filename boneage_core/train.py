@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from boneage_core.augment import augmented_batch, normalize
 from boneage_core.checkpoint import TrainingState, restore_checkpoint, save_checkpoint
-from boneage_core.config import TrainConfig
 from boneage_core.device import autocast_dtype, autocast_for, host_batches, place_images, resolve_device, split_tensors
 from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.metrics import regression_metrics
@@ -31,6 +30,7 @@ from boneage_core.models import build_model
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from boneage_core.config import TrainConfig
     from boneage_core.dataset import Split
     from boneage_core.models import BoneAgeNet
 
