@@ -158,14 +158,14 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
                 f"{verdict_sentence(r.best_minus_baseline_tta_flip, against=f'the {seed}')}."
             )
         )
-    raw = r.recipes["baseline"].without_bn_reestimation
-    if raw:
+    without_bn = r.recipes["baseline"].without_bn_reestimation
+    if without_bn:
         ours = r.recipes["baseline"].mae
         blocks.append(
             para(
                 f"The {seed} evaluated as the original project did (batch-norm statistics from training, not "
-                f"re-estimated): {pm(raw.mean, raw.sd)} months, against {pm(ours.mean, ours.sd)} with this "
-                "project's protocol."
+                f"re-estimated): {pm(without_bn.mean, without_bn.sd)} months, against {pm(ours.mean, ours.sd)} "
+                "with this project's protocol."
             )
         )
     blocks += _ensemble_notes(r)

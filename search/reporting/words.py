@@ -117,11 +117,11 @@ def retrain_lines(out: RetrainResult) -> list[str]:
     """What retrain prints: each recipe, the baseline as the seed evaluated it, the verdict, then the
     ensemble's and the bias corrections' comparisons."""
     lines = [recipe_line(n, out) for n in out.recipes]
-    raw = out.recipes["baseline"].without_bn_reestimation
-    if raw is not None:
+    without_bn = out.recipes["baseline"].without_bn_reestimation
+    if without_bn is not None:
         lines.append(
             f"{recipe_name('baseline', out)} evaluated as the original project did (no batch-norm re-estimation): "
-            f"{raw.mean:.2f} months"
+            f"{without_bn.mean:.2f} months"
         )
     if out.baseline_modified:
         lines.append(f"modified baseline: {describe_changes(out.baseline_modified)}")
