@@ -229,7 +229,7 @@ def test_a_deeply_nested_study_file_is_one_line(tmp_path, capsys):
     "text,fragments",
     [
         ("[data\nsource = 1", ("TOML syntax error", "line 1")),
-        ('[train]\nepochs = "five"', ("train.epochs", "int")),
+        ('[train]\nepochs = "five"', ("train.epochs", "whole number")),
         ('[space.lr]\ntype = "float"\nlow = 1\nhigh = 2\nwobble = 3', ("[space.lr]", "wobble")),
         ('[space.banana]\ntype = "float"\nlow = 1\nhigh = 2', ("'banana' is not a training field",)),
         ('[pruner]\nname = "sometimes"', ("pruner.name", "median")),
