@@ -2,8 +2,9 @@
 processes, each doing the run loop's storage work per trial (count the study's trials, ask, tell) and
 everything a search trial writes between ask and tell (config, per-epoch records and reports, metrics).
 
-Imports no torch: each spawned worker then starts in about a second instead of five, and every run
-of the benchmark starts new ones. scratch_postgres also gives the test suite its scratch databases.
+Imports no torch, so its workers fork from a server process that imported Optuna once (forkserver)
+and every run of the benchmark starts new ones in milliseconds. scratch_postgres also gives the test
+suite its scratch databases.
 """
 
 from __future__ import annotations
@@ -103,10 +104,21 @@ def worker(url: str, name: str, n_trials: int, iterations: int, barrier, results
     results.put((start, time.monotonic(), mine))
 
 
+def _context() -> mp.context.BaseContext:
+    """Workers forked from a server process that has imported Optuna and this module once (forkserver,
+    where the platform has it): a fresh interpreter per worker would pay those imports at every run,
+    most of the benchmark's time. The server never imports torch, so nothing threaded is forked."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["search.bench.storage", "search.storage.trials"])
+    return ctx
+
+
 def storage_run(url: str, workers: int, n_trials: int, iterations: int, writes: str = "ask_tell") -> dict:
     """Wall time for `workers` processes to fill one fresh study to n_trials, from a common start (the
     processes' start-up is not counted). With two workers the study may end one trial over n_trials."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     name = f"bench-{uuid.uuid4().hex[:8]}"
     open_study(url, name, heartbeat=False)  # created once here, so the workers do not race to create it
     barrier, results = ctx.Barrier(workers), ctx.Queue()
