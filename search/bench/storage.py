@@ -69,7 +69,7 @@ def worker(url: str, name: str, n_trials: int, iterations: int, barrier, results
     """One worker doing the run loop's storage work per trial until the study holds n_trials complete
     ones: count the study's trials, ask, tell; with writes="search_trial" also everything a search
     trial writes between them: its drawn config (the demo's space through suggest_config) and, every
-    epoch, its history, epochs run, wall time and report (search.storage.settings.epoch_recorder, as the search
+    epoch, its history, epochs run, wall time and report (search.storage.trials.epoch_recorder, as the search
     calls it), then its wall time, val metrics and val predictions (search.storage.settings.record_outcome)."""
     from search.config.space import suggest_config
     from search.config.specs import load_spec
@@ -213,7 +213,7 @@ def bench_storage(sizes: Sizes, work: Path, postgres: str, **_) -> dict:
         "Each worker is a process running the search's own per-trial storage work: open the study through "
         "search.storage.study (heartbeat on), count its trials, ask, tell. A search trial also writes what a demo "
         "trial writes: its config drawn from the demo's space, and for each of the demo's epochs its history, "
-        "epochs run, wall time and report through search.storage.settings.epoch_recorder (the search's own), then its "
+        "epochs run, wall time and report through search.storage.trials.epoch_recorder (the search's own), then its "
         "wall time and val metrics; no training. Ask-and-tell rows: x^2 of one float. CPU-bound: a pure-Python "
         f"loop of about {sizes.cpu_trial_s} s with ask and tell only. Random sampler, no pruner, so the figures "
         "are the storage's and not TPE's.",
