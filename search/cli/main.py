@@ -25,6 +25,18 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+class _BarAwareHandler(logging.Handler):
+    """Warnings on a line of their own above any progress bar (tqdm.write), never glued to its end."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, instead of usage + message
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show ± or ° shows '?' instead
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", handlers=[_BarAwareHandler()])
     try:  # importing torch takes seconds: Ctrl-C or SIGTERM then ends as it does later
         from search.engine.run import SearchFailing
         from search.storage.study import quiet_optuna_warnings

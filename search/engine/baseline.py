@@ -22,8 +22,8 @@ def run_baseline(
     spec: StudySpec, study: optuna.Study, quiet: bool = False, seeds: int = 3, argv: list[str] | None = None
 ) -> BaselineResult:
     """Train the study's baseline on train with `seeds` seeds, score val; stored in the study
-    (search.storage.results). val_mae_months is the mean over seeds: with a constant learning rate the seed
-    recipe's last epoch lands anywhere, and its val MAE swung by 3 months between seeds on the phantom, so
+    (search.storage.results). val_mae_months is the mean over seeds: with a constant learning rate the
+    baseline's last epoch lands anywhere, and its val MAE swung by 3 months between seeds on the phantom, so
     one seed is a poor yardstick for the search. spec is the study's own (search.storage.truth)."""
     data = SplitsBySize(spec.data, quiet)
     check_settings(study, study_settings(spec, data.fingerprint()), store=False)

@@ -362,7 +362,7 @@ def retrain(
     seed_wall = round(time.perf_counter() - start, 1)
     _derived(preds, tta_preds, plan, corrections)
     scores = {}
-    for name in (n for n in RECIPES if n in preds):  # best, its correction, the ensemble, its correction, seed
+    for name in (n for n in RECIPES if n in preds):  # best, its correction, the ensemble, its correction, baseline
         what: dict[str, Any] = {}
         if name in ("best", "baseline"):
             what["config"] = plan.configs[name].to_dict()

@@ -82,8 +82,8 @@ def next_step(c: dict[TrialState, int], n_trials: int, timed_out: bool) -> str:
 
 def preflight(spec: StudySpec, n_train: int) -> None:
     """Catch a study that can only fail before any trial runs: every batch size the space can draw, and
-    the baseline's, must fit the training set; the fixed backbone and weights, and the seed
-    recipe's, must load."""
+    the baseline's, must fit the training set; the fixed backbone and weights, and the
+    baseline's, must load."""
     resolve_device(spec.train.device)  # cuda asked for on a machine without one
     p = spec.space.get("batch_size")
     largest = max(p.choices) if p and p.type == "categorical" else int(p.high) if p else spec.train.batch_size

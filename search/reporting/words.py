@@ -114,7 +114,7 @@ def recipe_line(name: str, out: RetrainResult) -> str:
 
 
 def retrain_lines(out: RetrainResult) -> list[str]:
-    """What retrain prints: each recipe, the baseline as the seed evaluated it, the verdict, then the
+    """What retrain prints: each recipe, the baseline as the original project evaluated it, the verdict, then the
     ensemble's and the bias corrections' comparisons."""
     lines = [recipe_line(n, out) for n in out.recipes]
     without_bn = out.recipes["baseline"].without_bn_reestimation
