@@ -154,6 +154,9 @@ BAD_ARGS = [
         "cannot open",
     ),
     ("storage in memory", ["run", "--storage", "sqlite:///:memory:"], "in memory", "lost"),
+    # options are never abbreviated: --stor is not --storage, and its URL is not repeated with its password
+    ("abbreviated storage", ["status", "--stor=postgresql://bob:hunter2@127.0.0.1:1/x"], "unrecognized", "--stor"),
+    ("abbreviated, URL apart", ["run", "--stora", "postgresql://bob:hunter2@127.0.0.1:1/x"], "--stora"),
     ("workers beyond the machine", ["run", "--workers", "100"], "--workers 100", "room for"),
     ("pruner startup negative", ["run", "--set", "pruner.n_startup_trials=-1"], "pruner.n_startup_trials", "least 0"),
     (
@@ -285,11 +288,13 @@ SECRET_URLS = [
 
 @pytest.mark.parametrize("url,password", SECRET_URLS)
 def test_passwords_never_appear_in_printed_urls(url, password):
-    from search.storage.study import redact_argv, scrub
+    from search.storage.study import redact_argv, redact_text, scrub
 
     shown = redact(url)
     assert "hun" not in shown and "ter2" not in shown and shown.startswith(url[:8])
     assert "hun" not in " ".join(redact_argv(["run", "--storage", url, f"--storage={url}"]))
+    assert "hun" not in " ".join(redact_argv(["run", f"--stor={url}", f"--anything={url}", "--x", url]))
+    assert "hun" not in redact_text(f"unrecognized arguments: --stor={url} '{url}'")
     assert "hun" not in scrub(f"could not connect to {url}: password {password} rejected", url)
 
 

@@ -38,8 +38,17 @@ class _BarAwareHandler(logging.Handler):
 
 
 class Parser(argparse.ArgumentParser):
+    """Options spelled out in full (no abbreviations: `--stor=URL` is refused, never taken for --storage),
+    and a mistake said in one line with any URL in it redacted."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, instead of usage + message
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        from search.storage.study import redact_text
+
+        print(f"error: {redact_text(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 
 

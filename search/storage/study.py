@@ -78,22 +78,32 @@ def scrub(text: str, url: str) -> str:
 
 
 URL_OPTIONS = ("--storage", "--postgres")  # options whose value is a storage URL, however malformed
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+# user:password@ after a scheme, even a malformed one ('postgresql:/u:pw@h', 'postgresql//u:pw@h')
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:?/{0,2}[^\s:/@'\"=]+:)[^\s@'\"]+@")
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """A command line with every storage URL in it redacted: the values of --storage and --postgres
-    (as one word with '=' or as the next word), and any other word that looks like a URL."""
+    """A command line with every URL in it redacted, whichever option carries it: the values of
+    --storage and --postgres (as one word with '=' or as the next word, however malformed), the value
+    of any other `--option=URL`, and any other word that looks like a URL."""
     out: list[str] = []
     for arg in argv:
         name, eq, value = arg.partition("=")
         if out and out[-1] in URL_OPTIONS:
             arg = redact(arg)
-        elif eq and name in URL_OPTIONS:
+        elif eq and (name in URL_OPTIONS or _URL.match(value)):
             arg = f"{name}={redact(value)}"
-        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", arg):
+        elif _URL.match(arg):
             arg = redact(arg)
-        out.append(arg)
+        out.append(_USERINFO.sub(r"\1***@", arg))
     return out
+
+
+def redact_text(text: str) -> str:
+    """Text (argparse's message quoting what was typed) with every URL in it redacted."""
+    return _USERINFO.sub(r"\1***@", _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text))
 
 
 def default_storage_url(study_name: str, studies_dir: Path = Path("studies")) -> str:
