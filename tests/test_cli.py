@@ -118,7 +118,12 @@ BAD_ARGS = [
     ("fraction for an int", ["run", "--set", "train.epochs=2.0"], "'train.epochs' must be a whole number", "2.0"),
     ("number for a bool", ["run", "--set", "train.use_sex=1"], "'train.use_sex' must be true or false"),
     ("baseline field range", ["run", "--set", "baseline.lr=-1"], "baseline.lr = -1.0", "positive"),
-    ("heartbeat beyond an hour", ["run", "--set", "study.heartbeat_interval=10000000000"], "heartbeat_interval"),
+    (
+        "heartbeat beyond an hour",
+        ["run", "--set", "study.heartbeat_interval=10000000000", "--set", "study.grace_period=20000000000"],
+        "study.heartbeat_interval",
+        "at most 3600",
+    ),
     (
         "int range with fractional ends",
         ["run", "--set", 'space.epochs.type="int"', "--set", "space.epochs.low=1.5", "--set", "space.epochs.high=3"],
