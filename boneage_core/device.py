@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,6 +29,8 @@ def resolve_device(name: str) -> torch.device:
     comparisons need the index); a missing device is a BoneAgeError."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise BoneAgeError(f"device {name!r} is not one of auto, cpu, cuda or cuda:N")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise BoneAgeError(f"train.device = {name!r} but no CUDA device is visible; use auto or cpu")

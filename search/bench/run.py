@@ -31,7 +31,7 @@ from search.bench.data_path import bench_data_path
 from search.bench.gpu_throughput import bench_gpu_throughput
 from search.bench.report import machine, write_report
 from search.bench.search_efficiency import bench_search_efficiency
-from search.bench.storage import bench_storage
+from search.bench.storage import bench_storage, postgres_dsn
 from search.bench.training_overhead import bench_training_overhead
 from search.storage.provenance import command_line
 
@@ -48,7 +48,7 @@ SECTIONS = tuple(BENCHES)
 
 
 def parse_only(text: str | None) -> list[str]:
-    if not text:
+    if text is None:
         return list(SECTIONS)
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in SECTIONS]
@@ -73,6 +73,8 @@ def run_bench(
     argv: the command line as typed, recorded with its passwords hidden."""
     names = parse_only(only)
     dev = resolve_device(device)
+    if "storage" in names:
+        postgres_dsn(postgres)  # a URL the driver cannot read is said now, not after the sections before it
     sizes = Sizes.quick() if quick else Sizes()
     if search_trials:
         sizes.search_trials = search_trials

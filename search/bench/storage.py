@@ -22,9 +22,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from boneage_core.errors import BoneAgeError
 from search.bench.common import Sizes, section
 from search.config.specs import StudyOptions
-from search.storage.study import open_storage, redact
+from search.storage.study import open_storage, redact, scrub
 
 
 def burn_iterations(seconds: float) -> int:
@@ -141,18 +142,35 @@ def storage_run(url: str, workers: int, n_trials: int, iterations: int, writes: 
     return {"workers": workers, "writes": writes, "trials": trials, "wall_s": round(wall, 3), "ms_per_trial": ms}
 
 
+def postgres_dsn(admin_url: str) -> str:
+    """The URL as the driver reads it (postgresql://, no +driver); one that it cannot read (a bad
+    percent-encoding, an unknown query key) is a BoneAgeError naming the URL with its password hidden."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", admin_url)
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise BoneAgeError(f"--postgres {redact(admin_url)}: not a postgresql:// URL")
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg.ProgrammingError, whose text may quote the password
+        raise BoneAgeError(f"--postgres {redact(admin_url)} cannot be read: {scrub(str(exc), admin_url)}") from None
+    return dsn
+
+
 @contextlib.contextmanager
 def scratch_postgres(admin_url: str) -> Iterator[str | None]:
     """A fresh database on the server of admin_url, dropped afterwards; None if the server is not there.
     The URL it yields is a plain postgresql:// one, as every Optuna tool reads it."""
     import psycopg
 
-    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", admin_url)
+    dsn = postgres_dsn(admin_url)
     try:
         conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
     except psycopg.OperationalError:
         yield None
         return
+    except psycopg.Error as exc:  # anything else the driver refuses; its text may quote the password
+        raise BoneAgeError(f"--postgres {redact(admin_url)}: {scrub(str(exc), admin_url)}") from None
     name = f"boneage_scratch_{uuid.uuid4().hex[:10]}"
     with conn:
         conn.execute(f"CREATE DATABASE {name}")

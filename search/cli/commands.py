@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -157,16 +159,23 @@ def dashboard(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def data(args: argparse.Namespace) -> int:
+    from boneage_core.files import private_tmp, remove_abandoned_tmp
     from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS, write_phantom
 
     if args.data_command == "make-phantom":
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise BoneAgeError(f"{out} already exists and is not an empty directory; choose a new folder")
+        tmp = private_tmp(out.absolute())  # written aside, renamed into place whole: never half a phantom
         try:
-            out = write_phantom(out, args.n, args.seed, quiet=False)
+            out.absolute().parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_tmp(out.absolute())
+            write_phantom(tmp, args.n, args.seed, quiet=False)
+            os.replace(tmp, out)  # onto a missing or empty directory
         except OSError as exc:
             raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         print(
             f"wrote {args.n} phantom radiographs to {out} (label noise floor: MAE {NOISE_FLOOR_MAE_MONTHS:.2f} months)"
         )
@@ -192,8 +201,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     from search.bench.run import run_bench
 
     # a quick or partial run never overwrites the full figures in results/bench
-    default = "results/bench-quick" if args.quick else "results/bench-partial" if args.only else "results/bench"
-    out = args.out or default
+    partial = args.only is not None
+    out = args.out or ("results/bench-quick" if args.quick else "results/bench-partial" if partial else "results/bench")
     report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials, argv=argv)
     print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
     return 0

@@ -216,26 +216,53 @@ def _tool_parsers(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
+    """The command line. While it parses and imports (seconds: torch), Ctrl-C and SIGTERM are held and
+    then end the command at once, as "nothing was started": an exception raised inside an extension
+    module's import can abort Python. After that SIGTERM is Terminated (Ctrl-C KeyboardInterrupt)
+    until main() returns, and both handlers are put back as they were on the way out, so a program
+    that calls main() can still be stopped with SIGTERM afterwards."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    held: list[int] = []
+    for signum in previous:
+        if previous[signum] is not signal.SIG_IGN:  # SIGINT ignored (a background job): left ignored
+            signal.signal(signum, lambda n, frame: held.append(n))
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = get_args_parser().parse_args(argv)
+        _set_up_output()
+        from search.engine.run import SearchFailing  # noqa: F401  (torch, Optuna: loaded while signals are held)
+
+        if previous[signal.SIGINT] is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        if held:
+            return _stopped(Terminated() if signal.SIGTERM in held else KeyboardInterrupt(), None)
+        return _run(args, argv)
+    except KeyboardInterrupt as exc:  # between the handlers and the command: nothing was started
+        return _stopped(exc, None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _set_up_output() -> None:
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: what a stuck run waits on
         try:
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         except (ValueError, io.UnsupportedOperation):  # stderr is no file (main() called from Python)
             pass
-    signal.signal(signal.SIGTERM, _raise_terminated)
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show ± or ° shows '?' instead
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", handlers=[_BarAwareHandler()])
-    try:  # importing torch takes seconds: Ctrl-C or SIGTERM then ends as it does later
-        from search.engine.run import SearchFailing
-        from search.storage.study import quiet_optuna_warnings
-    except KeyboardInterrupt as exc:
-        return _stopped(exc)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """The command, its user mistakes as one line (exit 2), its interruption as one line (130, 143)."""
+    from search.engine.run import SearchFailing
+    from search.storage.study import quiet_optuna_warnings, storage_fault
 
     quiet_optuna_warnings()
-
     try:
         return dispatch(args, argv)
     except BoneAgeError as exc:
@@ -248,22 +275,34 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, args)
     except Exception as exc:  # a full disk or a corrupted study file, wherever the command was
-        from search.storage.study import storage_fault
-
         lasting = storage_fault(exc, getattr(args, "storage", None))
         if lasting is None:
             raise
         print(f"error: {lasting}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt as exc:
-        return _stopped(exc)
 
 
-def _stopped(exc: KeyboardInterrupt) -> int:
-    """Ctrl-C (130) or SIGTERM (143), said in one line."""
+def _stopped(exc: KeyboardInterrupt, args: argparse.Namespace | None) -> int:
+    """Ctrl-C (130) or SIGTERM (143), said in one line with what it leaves behind."""
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    print(f"\n{what}: the study is saved; rerun the same command to continue", file=sys.stderr)
+    command = getattr(args, "command", None)
+    if command is None:
+        left = "nothing was started"
+    elif command == "data":
+        left = {
+            "make-phantom": "nothing was written; rerun the same command",
+            "check": "nothing was changed",
+        }.get(args.data_command, "each split cached so far is kept; rerun the same command to finish")
+    elif command == "bench":
+        left = "bench.json and bench.md hold the sections that finished"
+    elif command in ("report", "status", "dashboard"):
+        left = "the study is unchanged"
+    else:
+        left = "the study is saved; rerun the same command to continue"
+    print(f"\n{what}: {left}", file=sys.stderr)
     return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
