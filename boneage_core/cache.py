@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from boneage_core.errors import BoneAgeError
+from boneage_core.errors import BoneAgeError, cannot_write
 from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 from boneage_core.images import UnusableImage, decode_image
 
@@ -117,9 +117,8 @@ def build_cache(
         _write_unreadable(listed, table, failed)  # before the cache: a cache under its name has its list
         os.replace(tmp, path)  # atomic: a cache file under its final name is always complete
     except OSError as exc:
-        raise BoneAgeError(
-            f"cannot write the image cache in {cache_dir} ({exc.strerror or exc}); free some space, fix its "
-            "permissions, or set BONEAGE_CACHE_DIR"
+        raise cannot_write(
+            f"the image cache in {cache_dir}", exc, "free some space, fix its permissions, or set BONEAGE_CACHE_DIR"
         ) from None
     finally:
         with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ loaded on the CPU with weights_only=True."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from boneage_core.errors import BoneAgeError
+from boneage_core.errors import BoneAgeError, cannot_write
 from boneage_core.files import remove_abandoned_tmp, written_into_place
 
 if TYPE_CHECKING:
@@ -57,9 +58,14 @@ def save_checkpoint(
         "history": json.dumps(history),
         "final_eval": json.dumps(final),
     }
-    remove_abandoned_tmp(path)  # a save cut short by kill -9 (checkpoints are large)
-    with written_into_place(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # serialized first: torch.save to a file turns a full disk into a RuntimeError
+    torch.save(payload, buffer)
+    try:
+        remove_abandoned_tmp(path)  # a save cut short by kill -9 (checkpoints are large)
+        with written_into_place(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    except OSError as exc:
+        raise cannot_write(f"the checkpoint {path}", exc, "free some space, or delete checkpoints/") from None
 
 
 def restore_checkpoint(path: Path, cfg: TrainConfig, state: TrainingState) -> Restored:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.cache import build_cache, default_cache_dir
-from boneage_core.errors import BoneAgeError
+from boneage_core.errors import BoneAgeError, cannot_write
 from boneage_core.files import private_tmp, remove_abandoned_tmp, written_into_place
 from boneage_core.phantom import PHANTOM_VERSION, TRAIN_CSV, write_phantom
 from boneage_core.rsna import DataReport, Skipped, load_table
@@ -94,9 +94,7 @@ def resolve_source(settings: DataSettings, cache_dir: Path | None = None, quiet:
             write_phantom(tmp, settings.phantom_n, settings.seed, quiet=quiet)
             _move_into_place(tmp, root)
         except OSError as exc:
-            raise BoneAgeError(
-                f"cannot write the phantom dataset to {root} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR"
-            ) from None
+            raise cannot_write(f"the phantom dataset to {root}", exc, "set BONEAGE_CACHE_DIR") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -161,7 +159,7 @@ def _save_skipped(skipped: list[Skipped], out: Path) -> Path:
         with written_into_place(out) as tmp:  # workers and machines sharing the cache write the same list
             frame.to_csv(tmp, index=False)
     except OSError as exc:
-        raise BoneAgeError(f"cannot write {out} ({exc.strerror or exc}); set BONEAGE_CACHE_DIR") from None
+        raise cannot_write(str(out), exc, "set BONEAGE_CACHE_DIR") from None
     return out
 
 
@@ -190,7 +188,7 @@ def prepare(
     try:
         table = split_table(table, settings.seed, split_file)
     except OSError as exc:
-        raise BoneAgeError(f"cannot write the split file {split_file} ({exc.strerror or exc})") from None
+        raise cannot_write(f"the split file {split_file}", exc) from None
     fingerprint = data_fingerprint(table, root)
     table = cap_per_split(table[table["split"].isin(splits)], settings.max_images, settings.seed)
     size = image_size or settings.image_size

@@ -3,6 +3,8 @@ named in one line, what cannot be honoured is refused before the first trial, me
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from search.cli.main import Terminated
@@ -28,11 +30,13 @@ def _stop_after(k: int, exc: BaseException, monkeypatch) -> None:
     [
         (KeyboardInterrupt(), 130, "interrupted: nothing was written; rerun the same command"),
         (Terminated(), 143, "terminated (SIGTERM): nothing was written; rerun the same command"),
-        (OSError(28, "No space left on device"), 2, "error: cannot write the phantom to ph (No space left on device)"),
+        (OSError(28, "No space left on device"), 1, "error: cannot write the phantom to ph (No space left on device)"),
     ],
     ids=["ctrl-c", "sigterm", "full-disk"],
 )
-def test_make_phantom_stopped_halfway_leaves_nothing_and_the_rerun_works(tmp_path, exc, code, said, monkeypatch, capsys):
+def test_make_phantom_stopped_halfway_leaves_nothing_and_the_rerun_works(
+    tmp_path, exc, code, said, monkeypatch, capsys
+):
     _stop_after(5, exc, monkeypatch)
     r = run_main("data", "make-phantom", "ph", "--n", "10", cwd=tmp_path, capsys=capsys)
     assert r.returncode == code and "Traceback" not in r.stderr
@@ -71,3 +75,62 @@ def test_sigterm_in_a_command_without_a_study_does_not_speak_of_one(tmp_path, ar
     r = run_main(*argv, cwd=tmp_path, capsys=capsys)
     assert r.returncode == 143 and "study" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"terminated (SIGTERM): {said}"
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, tiny_disk, monkeypatch, capsys):
+    """A retrain refused, interrupted, or stopped by a full disk (a checkpoint, the result files) leaves the
+    previous retrain's files as they were: the new set is written aside and swapped in only when whole."""
+    import pathlib
+
+    import search.engine.retrain as retrain_mod
+
+    main_ok("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    main_ok("retrain", "--study", str(study), "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    results = tmp_path / "results" / "tiny"
+    before = _snapshot(results)
+    assert "retrain.json" in before and len([n for n in before if n.startswith("predictions_")]) == 4
+
+    big_batch = ("--set", "train.batch_size=100000")
+    refused = run_main("retrain", "--study", str(study), *big_batch, cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(refused, "batch_size")
+    assert _snapshot(results) == before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain_mod, "_train_seeds", interrupted)
+    r = run_main("retrain", "--study", str(study), "--seeds", "2", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert r.returncode == 130 and _snapshot(results) == before
+    monkeypatch.undo()
+
+    # a full disk under the checkpoints: torch's own save would raise RuntimeError (a traceback)
+    shutil.move(tmp_path / "checkpoints", tmp_path / "checkpoints-kept")
+    (tmp_path / "checkpoints").symlink_to(tiny_disk)
+    r = run_main("retrain", "--study", str(study), "--set", "train.epochs=3", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write the checkpoint") and "No space left on device" in last
+    assert _snapshot(results) == before and not [p for p in tiny_disk.rglob("*") if p.is_file()]
+
+    # a full disk while the new result files are written: the third file fails
+    (tmp_path / "checkpoints").unlink()
+    shutil.move(tmp_path / "checkpoints-kept", tmp_path / "checkpoints")
+    real, calls = pathlib.Path.write_bytes, []  # the files under results/, not the checkpoints
+
+    def third_fails(self, data):
+        calls.extend([self] if self.absolute().parent == results else [])
+        if len(calls) == 3 and self.absolute().parent == results:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", third_fails)
+    r = run_main("retrain", "--study", str(study), "--seeds", "3", "--quiet", cwd=tmp_path, capsys=capsys)
+    monkeypatch.undo()
+    assert r.returncode == 1 and "No space left on device" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert _snapshot(results) == before  # no temporary left, no file of the new set swapped in
+    main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)  # the stored result, written out
+    assert len([p for p in results.glob("predictions_*")]) == 6

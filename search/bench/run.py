@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from boneage_core.device import resolve_device
-from boneage_core.errors import BoneAgeError
+from boneage_core.errors import BoneAgeError, cannot_write
 from search.bench import DEFAULT_POSTGRES_URL
 from search.bench.common import Sizes
 from search.bench.data_path import bench_data_path
@@ -82,7 +82,7 @@ def run_bench(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BoneAgeError(f"cannot create the output directory {out} ({exc.strerror})") from None
+        raise cannot_write(f"the output directory {out}", exc) from None
     threads = torch.get_num_threads()
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

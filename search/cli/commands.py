@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from boneage_core import BoneAgeError
+from boneage_core.errors import cannot_write
 from search.config.specs import shown_path
 from search.storage.study import redact
 from search.storage.truth import StudyRef, open_existing, study_ref
@@ -132,9 +133,11 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
     ref = _ref(args)
     study, _ = open_existing(ref, args.overrides, args.data, read_only=True)
     try:
-        out = write_report(study, ref, argv=argv)
+        out, aside = write_report(study, ref, argv=argv)
     except OSError as exc:
-        raise BoneAgeError(f"cannot write the report ({exc.strerror}: {exc.filename})") from None
+        raise cannot_write("the report", exc) from None
+    if aside:
+        print(f"moved the files of an earlier report that this study does not write again to {aside}/")
     print(f"report written to {out}/ (open {out}/index.html)")
     return 0
 
@@ -173,7 +176,7 @@ def data(args: argparse.Namespace) -> int:
             write_phantom(tmp, args.n, args.seed, quiet=False)
             os.replace(tmp, out)  # onto a missing or empty directory
         except OSError as exc:
-            raise BoneAgeError(f"cannot write the phantom to {args.out} ({exc.strerror})") from None
+            raise cannot_write(f"the phantom to {args.out}", exc) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         print(

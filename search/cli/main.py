@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 
-from boneage_core import BoneAgeError
+from boneage_core import BoneAgeError, DiskFailed
+from boneage_core.errors import cannot_write
 from search.bench import DEFAULT_POSTGRES_URL
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -260,7 +261,7 @@ def _set_up_output() -> None:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     """The command, its user mistakes as one line (exit 2), its interruption as one line (130, 143)."""
     from search.engine.run import SearchFailing
-    from search.storage.study import quiet_optuna_warnings, storage_fault
+    from search.storage.study import caused_by_storage, quiet_optuna_warnings, storage_fault
 
     quiet_optuna_warnings()
     try:
@@ -268,7 +269,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     except BoneAgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except SearchFailing as exc:
+    except (SearchFailing, DiskFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # `status | head`: the reader has what it wanted
@@ -278,7 +279,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt as exc:
         return _stopped(exc, args)
     except Exception as exc:  # a full disk or a corrupted study file, wherever the command was
-        lasting = storage_fault(exc, getattr(args, "storage", None))
+        lasting = storage_fault(exc, getattr(args, "storage", None)) if caused_by_storage(exc) else None
+        if lasting is None and isinstance(exc, OSError):  # a disk error no layer below expected
+            lasting = str(cannot_write("a file", exc))
         if lasting is None:
             raise
         print(f"error: {lasting}", file=sys.stderr)

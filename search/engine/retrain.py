@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from boneage_core import BoneAgeError
 from boneage_core.config import RUNTIME_FIELDS, TrainConfig, settings_from
 from boneage_core.dataset import Split, SplitsBySize
+from boneage_core.errors import cannot_write
 from boneage_core.metrics import (
     apply_correction,
     bootstrap_ci,
@@ -406,7 +407,12 @@ def retrain(
     )
     result = from_json(RetrainResult, to_json(result))  # as every reader will see it: NaN as None
     store(study, result)
-    attach_files(study, ref.url, write_files(result, out_dir))  # copies, listed in optuna-dashboard
+    try:
+        written = write_files(result, out_dir)
+    except OSError as exc:
+        stored = f"the result is stored in the study; {ref.hint('report')} writes them"
+        raise cannot_write(f"the copies in {out_dir}/", exc, stored) from None
+    attach_files(study, ref.url, written)  # copies, listed in optuna-dashboard
     return result
 
 
@@ -417,7 +423,7 @@ def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BoneAgeError(f"cannot write results or checkpoints ({exc.strerror}: {exc.filename})") from None
+        raise cannot_write(f"results or checkpoints ({out_dir}, {ckpt_dir})", exc) from None
     return out_dir, ckpt_dir
 
 

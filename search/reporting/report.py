@@ -24,12 +24,19 @@ from search.reporting.page import figure_page, index_page
 from search.reporting.summary import summary_blocks, test_section, val_section, verdict_block
 from search.reporting.words import format_params, format_seeds, pm, val_comparison, verdict_sentence
 from search.storage.provenance import command_line, recorded_commands
-from search.storage.results import BaselineResult, load_baseline, load_retrain, to_json, write_files
+from search.storage.results import (
+    BaselineResult,
+    final_test_files,
+    load_baseline,
+    load_retrain,
+    to_json,
+    write_files,
+)
 from search.storage.settings import SETTINGS_ATTR, describe_changes
 from search.storage.study import redact
 from search.storage.trials import SKIPPED_ATTR
 from search.storage.truth import StudyRef
-from search.storage.writes import write_atomic, write_bytes_atomic, write_json
+from search.storage.writes import set_aside, write_atomic, write_bytes_atomic, write_json
 
 # ---------------------------------------------------------------------------------------------------
 # status
@@ -135,41 +142,55 @@ def _png_renderer() -> str | None:
 
 def write_report(
     study: optuna.Study, ref: StudyRef, results_dir: Path = Path("results"), argv: list[str] | None = None
-) -> Path:
+) -> tuple[Path, Path | None]:
     """results/<study>/ from what the study holds, whatever the directory: trials.csv, summary.json and
     .md, index.html (the report, figures inline), a page and (with kaleido and a Chromium) a PNG per
-    figure."""
+    figure. A report file there that this study does not write again (an earlier study of the same
+    name: its final test, a figure this study lacks) is moved into superseded-<time>/, never shown as
+    this study's; returned beside out_dir (None when there was none)."""
     out_dir = results_dir / study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "trials.csv", trials_frame(study).to_csv(index=False))
+    before = report_files(out_dir)
+    written = [out_dir / "trials.csv", out_dir / "summary.json", out_dir / "summary.md", out_dir / "index.html"]
+    write_atomic(written[0], trials_frame(study).to_csv(index=False))
     baseline, retrained = load_baseline(study, ref.hint("baseline")), load_retrain(study, ref.hint("retrain"))
     if retrained:
-        write_files(retrained, out_dir)  # retrain.json and the predictions, wherever the report is written
+        written += write_files(retrained, out_dir)  # retrain.json and the predictions, wherever the report is
     figs = {**search_figures(study, baseline), **(test_figures(retrained) if retrained else {})}
-    png_missing = _write_figures(out_dir, study.study_name, figs)
+    png_missing, pages = _write_figures(out_dir, study.study_name, figs)
     summary = summary_dict(study, ref, png_missing, argv)
     write_json(out_dir / "summary.json", summary_json(summary))
     blocks = summary_blocks(summary)
     markdown = to_markdown(blocks) + _figures_section(list(figs), png_missing)
     write_atomic(out_dir / "summary.md", "\n".join(markdown) + "\n")
     write_atomic(out_dir / "index.html", index_page(study.study_name, blocks, figs, _png_words(png_missing)))
-    return out_dir
+    return out_dir, set_aside(out_dir, sorted(set(before) - set(written) - set(pages)))
 
 
-def _write_figures(out_dir: Path, study_name: str, figs: dict[str, Any]) -> str | None:
-    """plotly.min.js once, a page and a PNG per figure; None when the PNGs were written, else why not."""
+def report_files(out_dir: Path) -> list[Path]:
+    """The files in out_dir that a report writes: a final test's copies and every figure's page and PNG."""
+    figures = [out_dir / f"{name}.{ext}" for name in FIGURES for ext in ("html", "png")]
+    return final_test_files(out_dir) + [p for p in figures if p.is_file()]
+
+
+def _write_figures(out_dir: Path, study_name: str, figs: dict[str, Any]) -> tuple[str | None, list[Path]]:
+    """plotly.min.js once, a page and a PNG per figure: None when the PNGs were written, else why not;
+    and the files written."""
     from plotly.offline import get_plotlyjs
 
     png_missing = _png_renderer()
     write_atomic(out_dir / "plotly.min.js", get_plotlyjs())  # shared by every page, offline
+    pages = []
     for name, fig in figs.items():
-        write_atomic(out_dir / f"{name}.html", figure_page(study_name, name, fig))
+        pages.append(out_dir / f"{name}.html")
+        write_atomic(pages[-1], figure_page(study_name, name, fig))
         if png_missing is None:
             try:
                 write_bytes_atomic(out_dir / f"{name}.png", fig.to_image(format="png", width=900, height=550))
+                pages.append(out_dir / f"{name}.png")
             except Exception as exc:  # kaleido without a Chromium
                 png_missing = f"PNG export failed ({type(exc).__name__}); install a Chromium for kaleido"
-    return png_missing
+    return png_missing, pages
 
 
 def _png_words(png_missing: str | None) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 
 from boneage_core.errors import BoneAgeError
-from search.storage.writes import finite, write_atomic
+from search.storage.writes import finite, replace_files
 
 BASELINE_ATTR = "result:baseline"
 RETRAIN_ATTR = "result:retrain"
@@ -241,21 +241,27 @@ def to_text(result: Any) -> str:
     return json.dumps(to_json(result), indent=2) + "\n"
 
 
+def final_test_files(out_dir: Path) -> list[Path]:
+    """The copies of a final test in out_dir: retrain.json and the prediction files."""
+    found = [out_dir / "retrain.json"] if (out_dir / "retrain.json").is_file() else []
+    return found + sorted(out_dir.glob("predictions_*_seed*.csv"))
+
+
 def write_files(result: RetrainResult, out_dir: Path) -> list[Path]:
     """Copies of a stored final test in out_dir for other tools: retrain.json and a prediction file per
-    recipe (and top-k member) and seed, any older prediction file removed first; the files written."""
+    recipe (and top-k member) and seed, the files written. The new set is written whole before any
+    replaces its old copy, so a full disk or Ctrl-C midway loses nothing; an older prediction file the
+    new set does not replace (a recipe or seed it lacks) is removed afterwards."""
     import pandas as pd
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("predictions_*_seed*.csv"):
-        stale.unlink()
-    written = [out_dir / "retrain.json"]
-    write_atomic(written[0], to_text(result))
+    files = {"retrain.json": to_text(result).encode()}
     test = pd.DataFrame({"id": result.test_ids, "age_months": result.test_age_months, "male": result.test_male})
     test = test.round({"age_months": 4})  # a label as written, whatever float it was read into
     preds = {m.name: m.pred_months for m in result.members} | {n: r.pred_months for n, r in result.recipes.items()}
     for name, pred in preds.items():
         for k, p in enumerate(pred):
-            written.append(out_dir / f"predictions_{name}_seed{k}.csv")
-            write_atomic(written[-1], test.assign(pred_months=p).to_csv(index=False))
+            files[f"predictions_{name}_seed{k}.csv"] = test.assign(pred_months=p).to_csv(index=False).encode()
+    written = replace_files(out_dir, files)
+    for stale in set(final_test_files(out_dir)) - set(written):
+        stale.unlink()
     return written

@@ -16,7 +16,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 
-from boneage_core.errors import BoneAgeError
+from boneage_core.errors import BoneAgeError, cannot_write
 from search.config.specs import PrunerSettings, SamplerSettings, StudySpec
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def check_url(url: str, create: bool = True) -> str:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BoneAgeError(f"cannot create the study directory {parent} ({exc.strerror})") from None
+            raise cannot_write(f"the study directory {parent}", exc) from None
         probe = path if path.exists() else parent
         if not os.access(probe, os.W_OK):
             raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")

@@ -1,14 +1,17 @@
-"""Result files: written under a temporary name and renamed, so no reader ever sees half a file, and
-JSON kept strict (a metric of an empty group, NaN, is written as null)."""
+"""Result files: written under a temporary name and renamed, so no reader ever sees half a file (and a
+set of files staged whole before any replaces its old copy), and JSON kept strict (a metric of an empty
+group, NaN, is written as null)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from boneage_core.files import written_into_place
+from boneage_core.files import private_tmp, written_into_place
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -33,3 +36,33 @@ def finite(x: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(finite(data), indent=2, default=str) + "\n")
+
+
+def replace_files(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
+    """Every file of a set written aside first, then each renamed over its old copy: an error or an
+    interruption while writing (a full disk, Ctrl-C) leaves every old file as it was. The paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            staged.append((private_tmp(out_dir / name), out_dir / name))
+            staged[-1][0].write_bytes(data)
+        for tmp, path in staged:  # the swap, once every new file is whole
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [path for _, path in staged]
+
+
+def set_aside(out_dir: Path, stale: list[Path]) -> Path | None:
+    """Files of an earlier result that the new one does not replace, moved (not deleted) into
+    out_dir/superseded-<UTC time>/; that folder, or None when there were none."""
+    if not stale:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    aside = out_dir / f"superseded-{stamp}"
+    aside.mkdir(exist_ok=True)
+    for path in stale:
+        os.replace(path, aside / path.name)
+    return aside
