@@ -134,3 +134,14 @@ def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, 
     assert _snapshot(results) == before  # no temporary left, no file of the new set swapped in
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)  # the stored result, written out
     assert len([p for p in results.glob("predictions_*")]) == 6
+
+    # a new study of the same name (the old file deleted): its report never shows the old final test
+    (tmp_path / "studies" / "tiny.db").unlink()
+    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    r = main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    (aside,) = results.glob("superseded-*")
+    assert f"moved the files of an earlier report that this study does not write again to results/tiny/{aside.name}/" in r.stdout
+    assert not (results / "retrain.json").exists() and not list(results.glob("predictions_*"))
+    assert not (results / "bland_altman.html").exists() and (aside / "bland_altman.html").is_file()
+    assert (aside / "retrain.json").is_file() and len(list(aside.glob("predictions_*"))) == 6
+    assert "Final test" not in (results / "summary.md").read_text()
