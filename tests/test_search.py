@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import optuna
 import pytest
@@ -174,6 +175,35 @@ def test_sigterm_to_the_first_process_stops_its_workers_and_leaves_no_trial_runn
     assert "rerun the same command to continue" in proc.stderr.read()
     states = [t.state for t in load(tmp_path).get_trials()]
     assert states.count(TrialState.FAIL) == 2 and TrialState.RUNNING not in states
+
+
+def test_a_worker_ends_when_its_parent_is_killed_9(tmp_path, study):
+    """kill -9 of the command leaves its workers no one to tell them: each notices its parent is gone,
+    fails its trial and ends, instead of training alone until the budget is spent."""
+    proc = start_run(tmp_path, study, "--trials", "20", "--workers", "2", "--set", "train.epochs=1000")
+    _wait_for_running_trial(tmp_path, proc, count=2)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    workers = [int(c) for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert workers, "the run started no worker process"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30  # a trial of 1000 epochs alone takes minutes
+    while any(Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w) for w in workers):
+        if time.monotonic() > deadline:
+            for w in workers:
+                os.kill(w, signal.SIGKILL)
+            pytest.fail("a worker still runs 30 s after its parent was killed")
+        time.sleep(0.2)
+    states = [t.state for t in load(tmp_path).get_trials()]
+    assert states.count(TrialState.FAIL) >= 1  # the worker's trial, failed as it ended
+    assert states.count(TrialState.RUNNING) <= 1  # only the killed process's own, for the heartbeat
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_timeout_stops_between_trials(tmp_path, study, capsys):
@@ -426,7 +456,8 @@ def test_each_worker_process_starts_with_its_own_gpu_and_the_parents_environment
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.setattr(workers.mp, "get_context", lambda method: FakeContext if method == "spawn" else None)
     procs = workers.start_workers(print, lambda i: (i,), ["2", "3", "2"])
-    assert len(procs) == 2 and seen == [((1,), "3"), ((2,), "2")]
+    assert len(procs) == 2 and [(a[2:], env) for a, env in seen] == [((1,), "3"), ((2,), "2")]
+    assert all(a[:2] == (os.getpid(), print) for a, _ in seen)  # each watches this process, then runs target
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 

@@ -6,12 +6,17 @@ re-parsed from a command line."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from boneage_core.errors import BoneAgeError
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WORKER_MEMORY_BYTES = 2 * 1024**3  # what one worker process holds: torch, a model, its optimizer, the splits
 
 
@@ -77,13 +82,34 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def start_workers(target: Callable[..., None], args: Callable[[int], tuple], devices: list[str | None]):
     """Processes 1..K-1 (this one is worker 0), each running target(*args(i)), worker i on devices[i]
-    where there is a choice of GPUs."""
+    where there is a choice of GPUs; each ends when this process dies (end_with_parent)."""
     ctx = mp.get_context("spawn")
     procs = []
     for i in range(1, len(devices)):
         env = {"CUDA_VISIBLE_DEVICES": devices[i]} if devices[i] is not None else {}
-        proc = ctx.Process(target=target, args=args(i), name=f"worker-{i}")
+        proc = ctx.Process(target=_as_worker, args=(os.getpid(), target, *args(i)), name=f"worker-{i}")
         with _environment(env):
             proc.start()
         procs.append(proc)
     return procs
+
+
+def _as_worker(parent_pid: int, target: Callable[..., None], *args) -> None:
+    end_with_parent(parent_pid)
+    target(*args)
+
+
+def end_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """SIGTERM to this process when parent_pid, the process that started it, dies, even by kill -9:
+    the worker then fails its trial and ends, as when its parent tells it, instead of training alone
+    until the budget is spent. Linux sends it at once (PR_SET_PDEATHSIG); a thread that watches the
+    parent id catches the rest (a parent already dead at start, other systems)."""
+    with contextlib.suppress(Exception):  # not Linux, or no libc to ask
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
