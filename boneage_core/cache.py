@@ -101,10 +101,16 @@ def build_cache(
     path = cache_path(table, size, cache_dir)
     listed = unreadable_list_path(path)
     if path.is_file() and listed.is_file():
-        arr = np.load(path, mmap_mode="c")
-        if arr.shape == (len(table), size, size) and arr.dtype == np.uint8:
+        reading = path
+        try:  # a damaged file (cut short, overwritten, another format) is said and rebuilt, never used
+            arr = np.load(path, mmap_mode="c")
+            if arr.shape != (len(table), size, size) or arr.dtype != np.uint8:
+                raise ValueError(f"shape {arr.shape} {arr.dtype}, not ({len(table)}, {size}, {size}) uint8")
+            reading = listed
             return arr, _read_unreadable(listed, table)
-        log.warning("%s has the wrong shape; rebuilding it", path)
+        except Exception as exc:  # numpy and pandas raise many types for a damaged file
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            log.warning("the image cache file %s is damaged (%s); rebuilding the cache", reading, reason)
     shape = (len(table), size, size)
     tmp = private_tmp(path)  # this build's own: another process or machine may build the same cache
     try:
@@ -159,5 +165,7 @@ def _write_unreadable(listed: Path, table: pd.DataFrame, failed: dict[int, str])
 
 def _read_unreadable(listed: Path, table: pd.DataFrame) -> dict[int, str]:
     frame = pd.read_csv(listed, dtype=str, keep_default_na=False)
+    if list(frame.columns) != ["id", "path", "reason"]:
+        raise ValueError(f"columns {list(frame.columns)}, not id, path, reason")
     where = {case: i for i, case in enumerate(table["id"])}
     return {where[c]: r for c, r in zip(frame["id"], frame["reason"], strict=True) if c in where}

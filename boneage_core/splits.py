@@ -26,6 +26,18 @@ def age_bins(age_months: np.ndarray) -> np.ndarray:
     return np.minimum(np.asarray(age_months) // 24, 9).astype(int)
 
 
+def _read_split_file(path: Path) -> pd.Series | None:
+    """id -> split from a saved split file; None for one that is damaged (not a CSV of unique ids, each
+    train, val or test). The split it held is made again from the same seed, so nothing is lost."""
+    try:
+        saved = pd.read_csv(path, dtype={"id": str}).set_index("id")["split"]
+    except Exception:  # pandas raises many types for a damaged file
+        return None
+    if not saved.index.is_unique or not set(saved) <= {"train", "val", "test"}:
+        return None
+    return saved
+
+
 def split_table(
     table: pd.DataFrame, seed: int, split_file: Path | None = None, val_frac: float = 0.15, test_frac: float = 0.15
 ) -> pd.DataFrame:
@@ -39,12 +51,12 @@ def split_table(
     if not need:
         return table
     if split_file is not None and split_file.is_file():
-        saved = pd.read_csv(split_file, dtype={"id": str}).set_index("id")["split"]
-        if set(saved.index) == set(table.loc[table["split"] == "train", "id"]):
+        saved = _read_split_file(split_file)
+        if saved is not None and set(saved.index) == set(table.loc[table["split"] == "train", "id"]):
             train = table["split"] == "train"
             table.loc[train, "split"] = table.loc[train, "id"].map(saved).to_numpy()
             return table
-        log.warning("%s does not match the training rows; making a new split", split_file)
+        log.warning("%s is damaged or does not match the training rows; making the split again", split_file)
     train = table[table["split"] == "train"]
     strata = age_bins(train["age_months"].to_numpy()) * 2 + train["male"].to_numpy().astype(int)
     # strata with fewer than 4 members cannot be stratified; fold them into a shared bucket

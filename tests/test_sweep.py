@@ -145,3 +145,43 @@ def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, 
     assert not (results / "bland_altman.html").exists() and (aside / "bland_altman.html").is_file()
     assert (aside / "retrain.json").is_file() and len(list(aside.glob("predictions_*"))) == 6
     assert "Final test" not in (results / "summary.md").read_text()
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _pickled(path) -> None:
+    import numpy as np
+
+    np.save(path, np.array([{"not": "images"}], dtype=object), allow_pickle=True)
+
+
+DAMAGE = {
+    "truncated npy": ("images-*px.npy", _truncate),
+    "pickled npy": ("images-*px.npy", _pickled),
+    "garbage npy": ("images-*px.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage" * 50)),
+    "unreadable list, other columns": ("*.unreadable.csv", lambda p: p.write_text("a,b\n1,2\n")),
+    "unreadable list, binary": ("*.unreadable.csv", lambda p: p.write_bytes(b"\xff\xfe\x00" * 40)),
+    "split file garbage": ("splits/*.csv", lambda p: p.write_text("id,split\n1,elsewhere\n")),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_cache_file_is_named_and_rebuilt(tmp_path, kaggle_dir, private_cache, case, capsys):
+    import numpy as np
+
+    main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    pattern, damage = DAMAGE[case]
+    targets = sorted(private_cache.glob(pattern))
+    assert targets, pattern
+    for path in targets:
+        damage(path)
+    r = main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    warned = [line for line in r.stderr.splitlines() if line.startswith("WARNING")]
+    assert warned and all("damaged" in w for w in warned) and str(targets[0]) in " ".join(warned), r.stderr
+    assert "Traceback" not in r.stderr
+    for cache in private_cache.glob("images-*px.npy"):
+        assert np.load(cache, mmap_mode="r").dtype == np.uint8  # rebuilt whole
+    again = main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    assert "WARNING" not in again.stderr  # and used from then on
