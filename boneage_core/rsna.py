@@ -169,7 +169,8 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
                 f"{path}: row {i + 2}, column '{src.age_col}' = {raw!r} is not an age in months "
                 f"between 0 and {MAX_AGE_MONTHS:g}"
             )
-    ids = df[src.id_col].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+    # an empty cell is NaN, which astype(str) keeps as NaN in pandas 3: made "" first, then refused below
+    ids = df[src.id_col].map(lambda v: "" if pd.isna(v) else str(v)).str.strip().str.replace(r"\.0$", "", regex=True)
     for i, case in enumerate(ids):
         if not case or case in (".", "..") or "/" in case or "\\" in case or os.path.isabs(case):
             raise BoneAgeError(
