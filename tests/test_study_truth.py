@@ -13,7 +13,7 @@ import pytest
 
 from boneage_core.metrics import verdict
 from search.storage.results import RetrainResult, from_json, load_baseline, load_retrain, to_json
-from tests.conftest import assert_one_line_error, load, main_ok, run_main
+from tests.conftest import assert_one_line_error, load, main_ok, run_cli, run_main
 
 
 def _note(study: optuna.Study) -> str:
@@ -106,6 +106,11 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
         return [line for line in status.splitlines() if "python -m search" not in line and "sqlite:" not in line]
 
     assert numbers_of(status_here) == numbers_of(status_there)
+    # a terminal that cannot show ± (LC_ALL=C, an ASCII stream) gets '?' in its place, not a traceback
+    ascii_env = {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii"}
+    plain = run_cli("status", "--study", "tiny", "--storage", url, cwd=elsewhere, env=ascii_env)
+    assert plain.returncode == 0 and "Traceback" not in plain.stderr, plain.stderr
+    assert "±" in status_there and plain.stdout.splitlines() == status_there.replace("±", "?").splitlines()
     if load(tmp_path).best_trial.number != out.best_trial:  # the resumed run found a better trial
         assert f"the final test scored trial {out.best_trial}; the search has since found" in status_here
     assert f"final test (2 seeds, {out.n_test} images)" in status_there and d["verdict"] in status_there
