@@ -40,7 +40,7 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     h = hashlib.sha256()
     for case_id, path in zip(table["id"], table["path"], strict=True):
         st = os.stat(path)
-        h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{case_id}|{path}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 

@@ -137,7 +137,7 @@ def data_fingerprint(table: pd.DataFrame, root: Path) -> str:
             rel = path.relative_to(root)
         else:
             rel = path.resolve().relative_to(real_root) if path.resolve().is_relative_to(real_root) else path.resolve()
-        h.update(f"{row.id}|{row.age_months:.4f}|{int(row.male)}|{row.split}|{rel}|{os.stat(path).st_size}\n".encode())
+        h.update(f"{row.id}|{row.age_months:.4f}|{int(row.male)}|{row.split}|{rel}|{os.stat(path).st_size}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 
@@ -182,7 +182,7 @@ def prepare(
     report = report if report is not None else DataReport()
     table = load_table(root, report)
     report.check_share()  # a broken download is told before minutes of decoding, and again after it
-    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    tag = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:10]
     split_file = cache_dir / "splits" / f"{root.resolve().name}-{tag}-s{settings.seed}.csv"
     labelled_as = dict(zip(table["id"], table["split"], strict=True))  # the label file's split, for the counts
     try:

@@ -3,12 +3,13 @@ named in one line, what cannot be honoured is refused before the first trial, me
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from search.cli.main import Terminated
-from tests.conftest import assert_one_line_error, main_ok, run_main
+from tests.conftest import assert_one_line_error, load, main_ok, run_main
 
 
 def _stop_after(k: int, exc: BaseException, monkeypatch) -> None:
@@ -185,3 +186,21 @@ def test_a_damaged_cache_file_is_named_and_rebuilt(tmp_path, kaggle_dir, private
         assert np.load(cache, mmap_mode="r").dtype == np.uint8  # rebuilt whole
     again = main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
     assert "WARNING" not in again.stderr  # and used from then on
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_read_as_given(tmp_path, study, phantom_src, capsys):
+    """A path is bytes on Linux: one that is no UTF-8 (Python holds it with surrogates) is hashed, stored
+    and written as it is, instead of a UnicodeEncodeError where a fingerprint is taken."""
+    odd = os.fsdecode(bytes(tmp_path) + b"/ph\xff \\ '\"")
+    shutil.copytree(phantom_src, odd)
+    main_ok("run", "--study", str(study), "--data", odd, "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    assert spec_of(tmp_path).data.source == odd
+    main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)  # its files name the path too
+    assert bytes(tmp_path) + b"/ph\xff" in (tmp_path / "results" / "tiny" / "summary.md").read_bytes()
+
+
+def spec_of(tmp_path):
+    from search.storage.truth import spec_from_study, study_ref
+
+    url = f"sqlite:///{tmp_path}/studies/tiny.db"
+    return spec_from_study(load(tmp_path, url), study_ref("tiny", url, []), [])

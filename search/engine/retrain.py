@@ -174,7 +174,7 @@ def checkpoint_key(cfg: TrainConfig, fingerprint: str, trained: Split, scored: S
     config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
     h.update(json.dumps({"config": config, "data": fingerprint}, sort_keys=True).encode())
     for split in (trained, scored):
-        h.update(("|".join(map(str, split.ids)) + "\n").encode())
+        h.update(("|".join(map(str, split.ids)) + "\n").encode(errors="surrogateescape"))
     return h.hexdigest()[:12]
 
 

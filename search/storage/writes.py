@@ -15,7 +15,7 @@ from boneage_core.files import private_tmp, written_into_place
 
 
 def write_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode(errors="surrogateescape"))  # a path of non-UTF-8 bytes, as is
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
