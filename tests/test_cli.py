@@ -203,6 +203,27 @@ BAD_ARGS = [
     ("dashboard empty host", ["dashboard", "--host", ""], "--host is empty"),
     ("dashboard unknown host", ["dashboard", "--host", "no-such-host.invalid"], "--host", "resolve"),
     ("cuda without a device", ["run", "--set", "train.device=cuda"], "train.device", "no CUDA"),  # GPUs hidden
+    # a choice of the space that can only fail is refused before the first trial, not failed when drawn
+    (
+        "space device without a GPU",
+        ["run", "--set", 'space.device.type="categorical"', "--set", 'space.device.choices=["cpu", "cuda"]'],
+        "[space.device] can draw 'cuda', which cannot run here",
+        "no CUDA",
+    ),
+    (
+        "space weights offline",
+        ["run", "--set", 'space.pretrained.type="categorical"',
+         "--set", 'space.pretrained.choices=["none", "imagenet"]'],
+        "[space.pretrained] can draw 'imagenet', which cannot run here",
+        "not in the local cache",
+    ),  # fmt: skip
+    (
+        "space unknown timm backbone",
+        ["run", "--set", 'space.backbone.type="categorical"',
+         "--set", 'space.backbone.choices=["timm:resnet10t", "timm:nosuch"]'],
+        "[space.backbone] can draw 'timm:nosuch'",
+        "unknown timm backbone",
+    ),  # fmt: skip
     ("bench unknown device", ["bench", "--device", "bogus", "--only", "storage"], "device 'bogus'", "cuda:N"),
     ("bench only empty", ["bench", "--only", ""], "--only ''", "unknown benchmark"),
     # the driver's own refusal of a URL quotes the password: said in one line, the password hidden

@@ -8,6 +8,8 @@ trials over N (never fewer).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -80,11 +82,41 @@ def next_step(c: dict[TrialState, int], n_trials: int, timed_out: bool) -> str:
     return "ask"
 
 
+def _choices(spec: StudySpec, name: str) -> list:
+    p = spec.space.get(name)
+    return list(p.choices) if p is not None and p.type == "categorical" else [getattr(spec.train, name)]
+
+
+def _check_drawable_models(spec: StudySpec) -> None:
+    """Each device, and each backbone with each weights, the space can draw (a categorical choice) or
+    the study fixes: one that cannot be had here (cuda without a GPU, ImageNet weights offline, a timm
+    name that does not exist) is one line now, not a failed trial whenever it is drawn."""
+    for device in _choices(spec, "device"):
+        with _drawn(spec, device=device):
+            resolve_device(device)
+    for backbone in _choices(spec, "backbone"):
+        for weights in _choices(spec, "pretrained"):
+            with _drawn(spec, backbone=backbone, pretrained=weights):
+                build_model(dataclasses.replace(spec.train, backbone=backbone, pretrained=weights))
+
+
+@contextlib.contextmanager
+def _drawn(spec: StudySpec, **values):
+    """A BoneAgeError inside, prefixed with the space's choices that led to it (a fixed value's own
+    error names it already)."""
+    try:
+        yield
+    except BoneAgeError as exc:
+        drawn = [f"[space.{k}] can draw {v!r}" for k, v in values.items() if k in spec.space]
+        if not drawn:
+            raise
+        raise BoneAgeError(f"{' with '.join(drawn)}, which cannot run here: {exc}") from None
+
+
 def preflight(spec: StudySpec, n_train: int) -> None:
     """Catch a study that can only fail before any trial runs: every batch size the space can draw, and
-    the baseline's, must fit the training set; the fixed backbone and weights, and the
-    baseline's, must load."""
-    resolve_device(spec.train.device)  # cuda asked for on a machine without one
+    the baseline's, must fit the training set; every device, backbone and weights it can draw (or the
+    fixed ones), and the baseline's, must be there."""
     p = spec.space.get("batch_size")
     largest = max(p.choices) if p and p.type == "categorical" else int(p.high) if p else spec.train.batch_size
     if largest > n_train:
@@ -94,7 +126,7 @@ def preflight(spec: StudySpec, n_train: int) -> None:
             f"baseline.batch_size = {spec.baseline.batch_size} is above the {n_train} training images; lower it "
             "in [baseline] or use more images"
         )
-    build_model(spec.train)
+    _check_drawable_models(spec)
     if (spec.baseline.backbone, spec.baseline.pretrained) != (spec.train.backbone, spec.train.pretrained):
         try:
             build_model(spec.baseline)
