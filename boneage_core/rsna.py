@@ -189,12 +189,14 @@ def _clean_labels(df: pd.DataFrame, path: Path, src: LabelSource) -> pd.DataFram
     )
 
 
-def _index_images(root: Path, dirs: tuple[str, ...]) -> dict[str, Path]:
-    """Image stem -> path for every image under the given folders. Symlinked files and folders are
-    followed (a dataset assembled from links, or pointing at a shared copy), each real folder once, so a
-    link loop ends; the path kept is the one under root. Label ids are matched to file names, never
-    joined into paths, so no label can reach outside root."""
+def _index_images(root: Path, dirs: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Image stem -> path for every image under the given folders, and stem -> every path for a stem
+    that two different files bear (1380.png and 1380.jpg, or one name in two folders). Symlinked files
+    and folders are followed (a dataset assembled from links, or pointing at a shared copy), each real
+    folder once, so a link loop ends; the path kept is the one under root. Label ids are matched to
+    file names, never joined into paths, so no label can reach outside root."""
     found: dict[str, Path] = {}
+    twins: dict[str, list[Path]] = {}
     seen: set[str] = set()
     for d in dirs:
         base = root / d
@@ -208,9 +210,13 @@ def _index_images(root: Path, dirs: tuple[str, ...]) -> dict[str, Path]:
             seen.add(real)
             for name in sorted(filenames):
                 p = Path(dirpath) / name
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in found:
+                if p.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if p.stem not in found:
                     found[p.stem] = p
-    return found
+                elif os.path.realpath(p) != os.path.realpath(found[p.stem]):  # a link to the same file is no twin
+                    twins.setdefault(p.stem, [found[p.stem]]).append(p)
+    return found, twins
 
 
 def _expected_but_not_found(root: Path, sources: list[tuple[LabelSource, Path]]) -> list[str]:
@@ -277,7 +283,13 @@ def load_table(root: str | Path, report: DataReport | None = None) -> pd.DataFra
         # a label file found one folder deeper
         beside = path.parent.relative_to(root)
         dirs = src.image_dirs + ((str(beside),) if beside != Path(".") else ())
-        images = _index_images(root, dirs)
+        images, twins = _index_images(root, dirs)
+        twin = next((c for c in labels["id"] if c in twins), None)  # which file it labels cannot be told
+        if twin is not None:
+            raise BoneAgeError(
+                f"{path}: id {twin!r} has {len(twins[twin])} images, "
+                f"{' and '.join(str(t.relative_to(root)) for t in twins[twin])}; keep the one it labels"
+            )
         labels["path"] = [str(images[i]) if i in images else "" for i in labels["id"]]
         report.labelled[src.split] = len(labels)
         if (labels["path"] == "").all():

@@ -52,6 +52,11 @@ def _duplicate_id(root: Path) -> None:
     df.to_csv(path, index=False)
 
 
+def _twin_image(root: Path) -> None:
+    folder = root / "boneage-training-dataset"
+    shutil.copy(folder / "1380.png", folder / "1381.jpg")  # another picture under 1381's id
+
+
 def _all_images_gone(root: Path) -> None:
     shutil.rmtree(root / "boneage-training-dataset")
     (root / "boneage-training-dataset").mkdir()
@@ -81,6 +86,7 @@ DATA_CASES = [
     ("age above 300", lambda r: _break_csv(r, "boneage", "400"), "is not an age"),
     ("sex unknown", lambda r: _break_csv(r, "male", "x"), "unrecognised sex value 'x'"),
     ("duplicate id", _duplicate_id, "duplicate id"),
+    ("two images of one id", _twin_image, "id '1381' has 2 images", "1381.jpg"),
     # an empty cell is NaN, which pandas 3 keeps through astype(str): each column's empty cell is one line
     ("id empty", lambda r: _break_csv(r, "id", ""), "column 'id' = '' is not an image id"),
     ("age empty", lambda r: _break_csv(r, "boneage", ""), "is not an age"),
@@ -92,12 +98,12 @@ DATA_CASES = [
 
 @pytest.mark.parametrize("case", DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_bad_data_is_one_line_exit_2_and_keeps_the_study(tmp_path, case, capsys):
-    name, breaks, fragment = case
+    name, breaks, *fragments = case
     root = make_kaggle(tmp_path / "rsna", n=20)
     breaks(root)
     before = sorted(p.name for p in tmp_path.iterdir())
     r = run_main("data", "cache", str(root), "--size", "32", cwd=tmp_path, capsys=capsys)
-    assert_one_line_error(r, fragment)
+    assert_one_line_error(r, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside
 
 

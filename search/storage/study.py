@@ -130,6 +130,12 @@ def check_url(url: str, create: bool = True) -> str:
             f"storage {redact(url)!r} keeps the study in memory, where it is lost when the command ends: "
             "use a file, sqlite:///path.db"
         )
+    if path is not None and path.parts and path.parts[0].startswith("~"):
+        full = Path(os.path.expanduser(path))
+        raise BoneAgeError(
+            f"storage {redact(url)!r}: '~' is no home folder in a URL (SQLite, Optuna and optuna-dashboard "
+            f"would each make a folder named '~'); give the full path, sqlite:///{full}"
+        )
     if path is not None and create:
         parent = path.parent if path.parent != Path("") else Path(".")
         try:
