@@ -3,9 +3,11 @@ named in one line, what cannot be honoured is refused before the first trial, me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
+import optuna
 import pytest
 
 from search.cli.main import Terminated
@@ -204,3 +206,63 @@ def spec_of(tmp_path):
 
     url = f"sqlite:///{tmp_path}/studies/tiny.db"
     return spec_from_study(load(tmp_path, url), study_ref("tiny", url, []), [])
+
+
+def _other_program(db) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("create table invoices(x)")
+        c.commit()
+
+
+def _table_dropped(db) -> None:
+    import sqlite3
+
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}")
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("drop table trial_values")
+        c.commit()
+
+
+STORAGE_FILES = {
+    "empty file": (lambda db: db.write_bytes(b""), "is an empty file", "holds no study yet"),
+    "another program's database": (_other_program, "is a SQLite database of something else", "invoices"),
+    "a study file missing a table": (_table_dropped, "is damaged", "trial_values"),
+}
+
+
+@pytest.mark.parametrize("case", STORAGE_FILES, ids=list(STORAGE_FILES))
+def test_a_storage_file_that_is_no_study_storage_says_what_it_is(tmp_path, study, case, capsys):
+    """Each said as what it is, never as 'became read-only'; another program's database is never written
+    into; an empty file is a new storage to run (SQLite's own reading of it)."""
+    make, *fragments = STORAGE_FILES[case]
+    db = tmp_path / "studies" / "tiny.db"
+    db.parent.mkdir()
+    make(db)
+    before = db.read_bytes()
+    for command in ("status", "report", "baseline"):
+        r = run_main(command, "--study", str(study), cwd=tmp_path, capsys=capsys)
+        assert_one_line_error(r, *fragments)
+        assert "read-only" not in r.stderr and db.read_bytes() == before
+    r = run_main("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
+    if case == "empty file":
+        assert r.returncode == 0 and len(load(tmp_path).trials) == 1
+    else:
+        assert_one_line_error(r, *fragments)
+        assert db.read_bytes() == before
+
+
+def test_a_study_storage_locked_by_another_process_is_one_line_soon(tmp_path, study, monkeypatch, capsys):
+    import sqlite3
+
+    import search.storage.study as study_mod
+
+    db = tmp_path / "studies" / "tiny.db"
+    db.parent.mkdir()
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}")
+    monkeypatch.setattr(study_mod, "SQLITE_LOCK_WAIT_S", 0.5)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        r = run_main("status", "--study", str(study), cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "locked by another process for 0.5 s", "try again")

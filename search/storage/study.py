@@ -3,6 +3,7 @@ retry, the sampler and the pruner, and opening a study (create or resume, or one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -201,6 +202,8 @@ def open_storage(
     path = sqlite_path(url)
     if not create and path is not None and not path.is_file():
         raise BoneAgeError(f"no study storage at {path}: run `python -m search run` first, or pass --storage")
+    if path is not None and path.is_file():
+        check_sqlite_file(path, url, must_hold_study=not create or read_only)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     driver_url = url
     if path is not None:
@@ -227,6 +230,54 @@ def open_storage(
             raise BoneAgeError(lasting) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BoneAgeError(f"cannot open study storage {redact(url)}: {scrub(reason, url)[:200]}") from None
+
+
+SQLITE_LOCK_WAIT_S = 10.0  # how long a command waits for another process's lock on a SQLite study
+# The tables of an Optuna study storage (Optuna 5): a file with some of them is a damaged study storage
+OPTUNA_TABLES = frozenset(
+    {
+        "alembic_version", "studies", "study_directions", "study_system_attributes", "study_user_attributes",
+        "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+        "trial_user_attributes", "trial_values", "trials", "version_info",
+    }
+)  # fmt: skip
+
+
+def check_sqlite_file(path: Path, url: str, must_hold_study: bool) -> None:
+    """A SQLite file is a study storage, or nothing yet (empty: run makes it one), before Optuna opens
+    it: a file of something else, or a storage missing tables, would otherwise surface as a misleading
+    'read-only' (a command that only reads) or get Optuna's tables written into it (run)."""
+    import sqlite3
+
+    where = redact(url)
+    if path.stat().st_size == 0:
+        if must_hold_study:
+            raise BoneAgeError(f"the study storage {where} is an empty file: it holds no study yet")
+        return
+    try:
+        uri = f"file:{path.resolve()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_LOCK_WAIT_S)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise BoneAgeError(storage_fault(exc, url) or f"the study storage {where} cannot be read ({exc})") from None
+        raise BoneAgeError(
+            f"the study storage {where} has been locked by another process for {SQLITE_LOCK_WAIT_S:g} s (a "
+            "transaction held open; a search's own writes take milliseconds): try again once it ends"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        lasting = storage_fault(exc, url)
+        raise BoneAgeError(lasting or f"the study storage {where} cannot be read ({exc})") from None
+    if not tables & OPTUNA_TABLES:
+        if tables:  # another program's database: never written into
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise BoneAgeError(f"{where} is a SQLite database of something else (tables {shown}); choose another file")
+        if must_hold_study:
+            raise BoneAgeError(f"the study storage {where} holds no study yet (a database without tables)")
+    elif missing := OPTUNA_TABLES - tables - {"alembic_version"}:
+        raise BoneAgeError(
+            f"the study storage {where} is damaged: it lacks the table(s) {', '.join(sorted(missing))}; restore a copy"
+        )
 
 
 class ResilientRDBStorage(RDBStorage):

@@ -175,7 +175,7 @@ def existing_study(ref: StudyRef) -> optuna.Study | None:
     """The study when its storage holds it with its settings; None for a study still to be created
     (no storage yet, no such study, or one created without settings by a run killed at its start)."""
     path = sqlite_path(ref.url)
-    if path is not None and not path.is_file():
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):  # empty: SQLite's new database
         return None
     storage = open_storage(ref.url, create=False)
     try:
