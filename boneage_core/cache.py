@@ -44,8 +44,33 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def table_family(table: pd.DataFrame) -> str:
+    """Hash of ids and image paths only: the same rows of the same files, whatever their content."""
+    h = hashlib.sha256()
+    for case_id, path in zip(table["id"], table["path"], strict=True):
+        h.update(f"{case_id}|{path}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()[:12]
+
+
 def cache_path(table: pd.DataFrame, size: int, cache_dir: Path) -> Path:
-    return cache_dir / f"images-v{CACHE_VERSION}-{table_fingerprint(table)}-{size}px.npy"
+    """images-v<version>-<family>-<fingerprint>-<size>px.npy: the family names the rows, the fingerprint
+    their files' state, so a cache a change of the files made stale is found and removed."""
+    return cache_dir / f"images-v{CACHE_VERSION}-{table_family(table)}-{table_fingerprint(table)}-{size}px.npy"
+
+
+def remove_superseded(path: Path) -> list[Path]:
+    """The caches of the same rows and size built before the files changed (another fingerprint), with
+    their unreadable-images lists: each change of an image's mtime would otherwise leave one more
+    cache behind. A process still reading one keeps its memory map (Linux frees the blocks after)."""
+    version, family, _, size = path.stem.split("-", 4)[1:]
+    gone = []
+    for old in path.parent.glob(f"images-{version}-{family}-*-{size}.npy"):
+        if old != path:
+            with contextlib.suppress(OSError):
+                old.unlink()
+                unreadable_list_path(old).unlink(missing_ok=True)
+                gone.append(old)
+    return gone
 
 
 def unreadable_list_path(cache: Path) -> Path:
@@ -122,6 +147,7 @@ def build_cache(
         del out
         _write_unreadable(listed, table, failed)  # before the cache: a cache under its name has its list
         os.replace(tmp, path)  # atomic: a cache file under its final name is always complete
+        remove_superseded(path)
     except OSError as exc:
         raise cannot_write(
             f"the image cache in {cache_dir}", exc, "free some space, fix its permissions, or set BONEAGE_CACHE_DIR"

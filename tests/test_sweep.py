@@ -266,3 +266,20 @@ def test_a_study_storage_locked_by_another_process_is_one_line_soon(tmp_path, st
         holder.execute("BEGIN EXCLUSIVE")
         r = run_main("status", "--study", str(study), cwd=tmp_path, capsys=capsys)
     assert_one_line_error(r, "locked by another process for 0.5 s", "try again")
+
+
+def test_a_cache_made_stale_by_changed_files_is_removed_when_its_successor_is_built(
+    tmp_path, kaggle_dir, private_cache, capsys
+):
+    main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    main_ok("data", "cache", str(kaggle_dir), "--size", "48", cwd=tmp_path, capsys=capsys)
+    first = sorted(private_cache.glob("images-*.npy"))
+    assert len(first) == 6  # three splits at two sizes
+    for step in range(3):  # each change of the images' mtimes used to leave one more cache per split
+        for image in (kaggle_dir / "boneage-training-dataset").glob("*.png"):
+            os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+        main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)
+    now = sorted(private_cache.glob("images-*.npy"))
+    assert len(now) == 6 and len(list(private_cache.glob("images-*.unreadable.csv"))) == 6
+    assert len(set(now) - set(first)) == 3  # the 32 px caches were rebuilt, the 48 px ones left alone
+    assert {p for p in first if "-48px" in p.name} <= set(now)
