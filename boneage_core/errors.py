@@ -21,10 +21,10 @@ class TrainingDiverged(RuntimeError):
 DISK_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
-def cannot_write(what: str, exc: OSError, advice: str = "") -> BoneAgeError | DiskFailed:
-    """One line for an OSError while writing `what`: the reason and the file it names (if any), then
-    the advice. A full or failing disk is DiskFailed (exit 1); any other (permissions, a file where a
-    folder should be) is the user's to fix, a BoneAgeError (exit 2). Raise it `from None`."""
+def cannot_write(what: str, exc: OSError, advice: str = "", verb: str = "write") -> BoneAgeError | DiskFailed:
+    """One line for an OSError while writing (or creating) `what`: the reason and the file it names
+    (if any), then the advice. A full or failing disk is DiskFailed (exit 1); any other (permissions,
+    a file where a folder should be) is the user's to fix, a BoneAgeError (exit 2). Raise it `from None`."""
     where = f": {exc.filename}" if exc.filename and str(exc.filename) not in what else ""
-    text = f"cannot write {what} ({exc.strerror or exc}{where})" + (f"; {advice}" if advice else "")
+    text = f"cannot {verb} {what} ({exc.strerror or exc}{where})" + (f"; {advice}" if advice else "")
     return DiskFailed(text) if exc.errno in DISK_FAILURES else BoneAgeError(text)

@@ -109,7 +109,7 @@ def test_scratch_postgres_is_none_when_no_server_answers():
     "args, fragments",
     [
         (["--only", "data_path,speed"], ["--only", "speed", "data_path"]),
-        (["--out", "{file}"], ["cannot create the output directory"]),
+        (["--out", "{file}"], ["cannot create the output directory", "Not a directory"]),
         (["--device", "cuda"], ["cuda"]),  # the suite hides every GPU (conftest)
     ],
 )

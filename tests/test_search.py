@@ -361,6 +361,7 @@ def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refu
         assert_one_line_error(busy, f"port {port} on 127.0.0.1 is in use", "--port")
         proc.terminate()  # SIGTERM, as systemd or kill stop a dashboard: the documented 143
         assert proc.wait(timeout=30) == 143
+        assert proc.stderr.read().strip().splitlines()[-1] == "terminated (SIGTERM): dashboard stopped"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -275,7 +275,7 @@ def test_a_cache_made_stale_by_changed_files_is_removed_when_its_successor_is_bu
     main_ok("data", "cache", str(kaggle_dir), "--size", "48", cwd=tmp_path, capsys=capsys)
     first = sorted(private_cache.glob("images-*.npy"))
     assert len(first) == 6  # three splits at two sizes
-    for step in range(3):  # each change of the images' mtimes used to leave one more cache per split
+    for _ in range(3):  # each change of the images' mtimes used to leave one more cache per split
         for image in (kaggle_dir / "boneage-training-dataset").glob("*.png"):
             os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
         main_ok("data", "cache", str(kaggle_dir), "--size", "32", cwd=tmp_path, capsys=capsys)

@@ -82,7 +82,7 @@ def run_bench(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise cannot_write(f"the output directory {out}", exc) from None
+        raise cannot_write(f"the output directory {out}", exc, verb="create") from None
     threads = torch.get_num_threads()
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -301,7 +301,9 @@ def _stopped(exc: KeyboardInterrupt, args: argparse.Namespace | None) -> int:
         }.get(args.data_command, "each split cached so far is kept; rerun the same command to finish")
     elif command == "bench":
         left = "bench.json and bench.md hold the sections that finished"
-    elif command in ("report", "status", "dashboard"):
+    elif command == "dashboard":
+        left = "dashboard stopped"
+    elif command in ("report", "status"):
         left = "the study is unchanged"
     else:
         left = "the study is saved; rerun the same command to continue"

@@ -142,7 +142,7 @@ def check_url(url: str, create: bool = True) -> str:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise cannot_write(f"the study directory {parent}", exc) from None
+            raise cannot_write(f"the study directory {parent}", exc, verb="create") from None
         probe = path if path.exists() else parent
         if not os.access(probe, os.W_OK):
             raise BoneAgeError(f"study storage {path} is not writable: check permissions or pass --storage")
