@@ -309,21 +309,30 @@ def test_dashboard_serves_the_study_storage_where_asked_warns_beyond_this_machin
     from search.cli import dashboard
 
     calls = []
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: calls.append((storage, kw)))
+    monkeypatch.setattr(dashboard._ThreadedServer, "serve_forever", lambda self: calls.append(self))
+    given = []
+    real_wsgi = optuna_dashboard.wsgi
+
+    def wsgi(storage, **kw):
+        given.append((storage, kw))
+        return real_wsgi(storage, **kw)
+
+    monkeypatch.setattr(optuna_dashboard, "wsgi", wsgi)
     url = f"sqlite:///{tmp_path}/x.db"
     optuna.create_study(study_name="s", storage=url)
     sigterm = signal.getsignal(signal.SIGTERM)
     with caplog.at_level(logging.WARNING):
         dashboard.serve(url, "0.0.0.0", 0)
-    [(storage, kw)] = calls
-    assert kw == {"host": "0.0.0.0", "port": 0, "artifact_store": None}
+    [server] = calls
+    [(storage, kw)] = given
+    assert server.server_address[0] == "0.0.0.0" and kw == {"artifact_store": None}
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]  # the study's own storage
     assert "anyone who can reach this address" in caplog.text
     assert signal.getsignal(signal.SIGTERM) == sigterm  # its SIGTERM handler is handed back
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         dashboard.serve(url, "127.0.0.1", 0)
-    assert calls[-1][1]["host"] == "127.0.0.1" and "anyone" not in caplog.text
+    assert calls[-1].server_address[0] == "127.0.0.1" and "anyone" not in caplog.text
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

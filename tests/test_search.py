@@ -325,6 +325,22 @@ def _get_json(url: str, proc, timeout: float = 60):
             time.sleep(0.3)
 
 
+def _http(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One request to 127.0.0.1:port with the headers given (Host among them), as a browser would send it."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in headers)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refuses_a_busy_port(
     tmp_path, study, capsys
 ):
@@ -357,6 +373,20 @@ def test_dashboard_shows_the_metric_by_name_the_note_and_retrains_files_and_refu
         served = f"http://127.0.0.1:{port}/artifacts/{study_id}/{retrain_json['artifact_id']}"
         with urllib.request.urlopen(served, timeout=5) as resp:
             assert json.loads(resp.read())["study"] == "tiny"  # the file itself, served by the dashboard
+            assert not [h for h in resp.headers if h.lower().startswith("access-control-")]  # no page may read it
+        # no other web page reaches it: a foreign Host (DNS rebinding), a foreign Origin, and the API's
+        # DELETE from either, over real HTTP
+        for headers, method, path in (
+            ({"Host": "evil.example"}, "GET", "/api/studies"),
+            ({"Host": f"evil.example:{port}"}, "GET", f"/artifacts/{study_id}/{retrain_json['artifact_id']}"),
+            ({"Origin": "http://evil.example"}, "GET", "/api/studies"),
+            ({"Host": "evil.example"}, "DELETE", f"/api/studies/{study_id}"),
+            ({"Origin": "https://evil.example"}, "DELETE", f"/api/studies/{study_id}"),
+        ):
+            status, body = _http(port, method, path, headers)
+            assert status == 403 and b"tiny" not in body, (headers, method, status, body[:300])
+        assert len(load(tmp_path).trials) == 2  # neither DELETE reached the study
+        assert _http(port, "GET", "/api/studies", {"Host": f"localhost:{port}"})[0] == 200  # its own names still work
         busy = run_main("dashboard", "--study", str(study), "--port", str(port), cwd=tmp_path, capsys=capsys)
         assert_one_line_error(busy, f"port {port} on 127.0.0.1 is in use", "--port")
         proc.terminate()  # SIGTERM, as systemd or kill stop a dashboard: the documented 143
