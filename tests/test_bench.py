@@ -14,6 +14,7 @@ from search.bench.gpu_throughput import gpu_throughput
 from search.bench.report import render_markdown
 from search.bench.run import SECTIONS
 from search.bench.storage import scratch_postgres
+from search.storage.trials import trial_data
 from tests.conftest import assert_one_line_error, main_ok, run_main
 
 
@@ -160,7 +161,7 @@ def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
     demo = load_spec("demo")
     epochs = demo.train.epochs
     for t in trials:
-        assert set(t.params) == set(demo.space) and t.user_attrs["config"]["lr"] == t.params["lr"]
-        assert len(t.user_attrs["history"]) == t.user_attrs["epochs_run"] == epochs
+        assert set(t.params) == set(demo.space) and trial_data(t, "config")["lr"] == t.params["lr"]
+        assert len(trial_data(t, "history")) == t.user_attrs["epochs_run"] == epochs
         assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
-        assert "mae_months" in t.user_attrs["val_metrics"] and len(t.user_attrs["val_pred_months"]) == VAL_IMAGES
+        assert "mae_months" in trial_data(t, "val_metrics") and len(trial_data(t, "val_pred_months")) == VAL_IMAGES

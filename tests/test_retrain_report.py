@@ -27,6 +27,7 @@ from boneage_core.metrics import apply_correction, bootstrap_ci, linear_correcti
 from search.engine.retrain import Candidate, Recipes, bias_corrections, recipes
 from search.reporting.figures import FIGURES
 from search.storage.results import load_baseline, load_retrain
+from search.storage.trials import trial_data
 from search.storage.truth import spec_from_study, study_ref
 from tests.conftest import REPO, assert_one_line_error, load, main_ok, run_main
 
@@ -59,7 +60,7 @@ def test_retrain_rebuilds_exactly_the_best_trials_config(tmp_path, searched):
     searched.write_text(searched.read_text().replace("epochs = 2", "epochs = 7"))  # edited since: ignored
     spec = spec_from_study(s, study_ref(str(searched), f"sqlite:///{tmp_path}/studies/tiny.db", []), [])
     best = recipes(s, spec, {}).configs["best"]
-    assert best.to_dict() == s.best_trial.user_attrs["config"]
+    assert best.to_dict() == trial_data(s.best_trial, "config")
     plan = recipes(s, spec, {"epochs": 1})  # an explicit --set train.* changes the best recipe on purpose
     assert plan.configs["best"].epochs == 1 and plan.overrides["best"] == {"epochs": [2, 1]}
     assert plan.configs["baseline"].epochs == 2 and not plan.baseline_modified  # and never the baseline
@@ -163,7 +164,7 @@ def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study, capsys
     done = [t for t in s.trials if t.state.is_finished()]
     assert len(done) == 4
     for t in done:
-        assert t.user_attrs["config"]["image_size"] == t.params["image_size"]
+        assert trial_data(t, "config")["image_size"] == t.params["image_size"]
     assert {t.params["image_size"] for t in done} == {32, 48}  # seeded: both sizes drawn in 4 trials
 
     one = ("--set", "train.epochs=1", "--seeds", "1", "--quiet")
@@ -296,7 +297,7 @@ def test_top_k_ensemble_and_bias_correction_end_to_end(tmp_path, study, phantom_
     ensemble = (preds("best") + preds("top2")) / 2  # per seed k: the average of the members' seed-k models
     assert np.allclose(preds("ensemble"), ensemble, atol=2e-3)
     val = prepare(DataSettings(source=str(phantom_src), image_size=32, phantom_n=40), splits=("val",)).split("val")
-    trial_val = np.mean([t.user_attrs["val_pred_months"] for t in done[:2]], axis=0)
+    trial_val = np.mean([t.system_attrs["val_pred_months"] for t in done[:2]], axis=0)
     line = out.bias_correction["ensemble"]
     slope, intercept = np.polyfit(trial_val, val.age_months, 1)  # fitted on val, never on test
     assert line.slope == pytest.approx(slope, rel=1e-6) and line.intercept == pytest.approx(intercept, rel=1e-6)

@@ -28,9 +28,12 @@ def test_run_reaches_n_rerun_stays_and_raising_n_continues(tmp_path, study, caps
     s = load(tmp_path)
     assert len(finished(s)) == 3
     for t in finished(s):
-        assert t.user_attrs["config"]["lr"] == t.params["lr"]
-        assert t.user_attrs["epochs_run"] == len(t.user_attrs["history"]) >= 1
-        assert "val_mae_months" in t.user_attrs["history"][0]
+        assert t.system_attrs["config"]["lr"] == t.params["lr"]
+        assert t.user_attrs["epochs_run"] == len(t.system_attrs["history"]) >= 1
+        assert "val_mae_months" in t.system_attrs["history"][0]
+        # the long data is kept out of the user attrs, which optuna-dashboard lists as unwrapped lines
+        assert {"config", "history", "val_metrics", "val_pred_months"}.isdisjoint(t.user_attrs)
+        assert max(len(json.dumps(v)) for v in t.user_attrs.values()) < 100
     r = run_main("run", "--study", str(study), "--trials", "3", "--quiet", cwd=tmp_path, capsys=capsys)
     assert r.returncode == 0 and len(load(tmp_path).get_trials()) == 3  # nothing new started
     r = run_main("run", "--study", str(study), "--trials", "5", "--quiet", cwd=tmp_path, capsys=capsys)
@@ -547,7 +550,7 @@ def test_a_run_on_a_partial_download_trains_on_the_usable_images_and_records_the
         "train/1390": "not a readable image (truncated)",
     }
     [trial] = finished(s)
-    assert trial.user_attrs["val_metrics"]["n"] == 6  # the official validation set, half of it through a link
+    assert trial.system_attrs["val_metrics"]["n"] == 6  # the official validation set, half of it through a link
     main_ok("report", "--study", str(study), "--data", str(root), cwd=tmp_path, capsys=capsys)
     summary = (tmp_path / "results" / "tiny" / "summary.md").read_text()
     assert "skipped images (3, all in summary.json): train/1380 (missing)" in summary

@@ -67,7 +67,8 @@ def test_a_study_made_with_set_goes_through_every_command_without_repeating_it(t
     # a run resumed without the flags keeps the study's settings and says the file differs
     r = main_ok("run", "--study", str(study), "--trials", "4", cwd=tmp_path, capsys=capsys)
     assert "its stored settings" in r.stdout and "differs from the study's stored settings" in r.stdout
-    assert all(t.user_attrs["config"]["epochs"] == 1 for t in load(tmp_path).get_trials() if "config" in t.user_attrs)
+    trials = load(tmp_path).get_trials()
+    assert all(t.system_attrs["config"]["epochs"] == 1 for t in trials if "config" in t.system_attrs)
 
     # report and status from another directory on the same storage: the same numbers and page
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)

@@ -71,10 +71,10 @@ def worker(url: str, name: str, n_trials: int, iterations: int, barrier, results
     ones: count the study's trials, ask, tell; with writes="search_trial" also everything a search
     trial writes between them: its drawn config (the demo's space through suggest_config) and, every
     epoch, its history, epochs run, wall time and report (search.storage.trials.epoch_recorder, as the search
-    calls it), then its wall time, val metrics and val predictions (search.storage.settings.record_outcome)."""
+    calls it), then its wall time, val metrics and val predictions (search.storage.trials.record_outcome)."""
     from search.config.space import suggest_config
     from search.config.specs import load_spec
-    from search.storage.trials import epoch_recorder, record_outcome
+    from search.storage.trials import CONFIG_ATTR, epoch_recorder, record_outcome, set_trial_data
 
     study = open_study(url, name)
     spec = load_spec("demo")
@@ -86,7 +86,7 @@ def worker(url: str, name: str, n_trials: int, iterations: int, barrier, results
             return x * x
         start = time.perf_counter()
         cfg = suggest_config(trial, spec.train, spec.space)
-        trial.set_user_attr("config", cfg.to_dict())
+        set_trial_data(trial, CONFIG_ATTR, cfg.to_dict())
         on_epoch_end = epoch_recorder(trial, start)
         for epoch in range(1, spec.train.epochs + 1):
             burn(iterations // spec.train.epochs)

@@ -15,7 +15,7 @@ from boneage_core.errors import BoneAgeError, TrainingDiverged
 from boneage_core.train import fit
 from search.config.space import suggest_config
 from search.config.specs import StudySpec
-from search.storage.trials import epoch_recorder, record_outcome
+from search.storage.trials import CONFIG_ATTR, epoch_recorder, record_outcome, set_trial_data
 
 # Trial failures that say something about the parameters or the device, not about the program: the
 # trial is recorded as failed with its reason and the search goes on (five in a row stop it). A CUDA
@@ -32,7 +32,7 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
         start = time.perf_counter()
         try:
             cfg = suggest_config(trial, spec.train, spec.space)
-            trial.set_user_attr("config", cfg.to_dict())
+            set_trial_data(trial, CONFIG_ATTR, cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
             result = fit(cfg, train, val, epoch_recorder(trial, start), memory_share=memory_share)

@@ -60,7 +60,7 @@ from search.storage.results import (
 )
 from search.storage.settings import check_settings, config_changes, study_settings
 from search.storage.study import attach_files
-from search.storage.trials import VAL_PREDICTIONS_ATTR, record_skipped
+from search.storage.trials import CONFIG_ATTR, VAL_PREDICTIONS_ATTR, record_skipped, trial_data
 from search.storage.truth import StudyRef
 
 # Every recipe retrain can score, in the order every table and figure lists them
@@ -128,7 +128,7 @@ def top_trials(study: optuna.Study, k: int, run_hint: str = "python -m search ru
 def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
     """The config a trial recorded as it trained, read back as a TrainConfig; runtime fields (device) are
     this command's."""
-    recorded = trial.user_attrs.get("config")
+    recorded = trial_data(trial, CONFIG_ATTR)
     if recorded is None:
         raise BoneAgeError(f"trial {trial.number} recorded no config: it was not run by `python -m search run`")
     runtime = {k: getattr(spec.train, k) for k in RUNTIME_FIELDS}  # where this command runs, not where it did
@@ -152,7 +152,7 @@ def recipes(
     members = []
     for rank, t in enumerate(trials, start=1):
         cfg = settings_from(TrainConfig, train_overrides, "train", _trial_config(t, spec))
-        val_pred = t.user_attrs.get(VAL_PREDICTIONS_ATTR)
+        val_pred = trial_data(t, VAL_PREDICTIONS_ATTR)
         members.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
     best = _trial_config(trials[0], spec)
     runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}

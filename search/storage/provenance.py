@@ -8,7 +8,6 @@ import functools
 import platform
 import shlex
 import subprocess
-import time
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +17,7 @@ import optuna
 
 from search.storage.study import redact_argv
 
-COMMAND_PREFIX = "command:"
+COMMAND_PREFIX = "command "  # then the UTC time, the subcommand and 4 hex digits
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,14 +75,18 @@ def provenance(argv: list[str], device: str, fingerprint: str | None, **extra: A
 
 def record_command(study: optuna.Study, entry: dict[str, Any]) -> None:
     """Add a command's provenance to the study (read back by status and the report). Each command is
-    its own attr, so commands on several machines at once never overwrite each other's record."""
-    study.set_user_attr(f"{COMMAND_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", entry)
+    its own attr, so commands on several machines at once never overwrite each other's record; its key
+    reads in the dashboard as what ran when: 'command 2026-12-03 19:28:33.414 UTC retrain 8d1e'."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    verb = entry["argv"][0] if entry.get("argv") else "command"
+    study.set_user_attr(f"{COMMAND_PREFIX}{now} UTC {verb} {uuid.uuid4().hex[:4]}", entry)
 
 
 def recorded_commands(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every recorded command, oldest first."""
+    """Every recorded command, oldest first (keys of an earlier version, 'command:<ns>:<id>', too)."""
     attrs = study.user_attrs
-    return [attrs[k] for k in sorted(k for k in attrs if k.startswith(COMMAND_PREFIX))]
+    keys = [k for k in attrs if k.startswith((COMMAND_PREFIX, "command:"))]
+    return [attrs[k] for k in sorted(keys, key=lambda k: (str(attrs[k].get("started_utc", "")), k))]
 
 
 def device_description(name: str) -> str:
