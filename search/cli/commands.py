@@ -12,6 +12,7 @@ from pathlib import Path
 from boneage_core import BoneAgeError
 from boneage_core.errors import cannot_write
 from search.config.specs import shown_path
+from search.reporting.document import plural
 from search.storage.study import redact
 from search.storage.truth import StudyRef, open_existing, study_ref
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         origin = "its stored settings" if resumed else shown_path(spec.path)
         print(
             f"study '{spec.name}' ({origin}) in {redact(ref.url)}: searching "
-            f"{', '.join(spec.space) or 'nothing'} until {args.trials} trials have finished",
+            f"{', '.join(spec.space) or 'nothing'} until {plural(args.trials, 'trial')} have finished",
             flush=True,
         )
     if resumed and (edited := file_edits(ref, spec, args.overrides, args.data)):
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"{time.monotonic() - start:.0f} s this run"
         )
         if out.timed_out:
-            print(f"stopped by --timeout; rerun the same command to continue to {args.trials} trials")
+            print(f"stopped by --timeout; rerun the same command to continue to {plural(args.trials, 'trial')}")
         from search.storage.results import BASELINE_ATTR
 
         study = existing_study(ref)
@@ -77,14 +78,14 @@ def baseline(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.quiet:
         print(
             f"baseline on study '{spec.name}': {b.backbone}, {b.optimizer} lr {b.lr:g}, {b.loss} loss, "
-            f"{b.epochs} epochs, batch {b.batch_size}",
+            f"{plural(b.epochs, 'epoch')}, batch {b.batch_size}",
             flush=True,
         )
     record = run_baseline(spec, study, args.quiet, seeds=args.seeds, argv=argv)
     _rewrite_note(study, ref)
     sd = f", SD {record.val_mae_sd:.2f}" if record.val_mae_sd is not None else ""
     print(
-        f"baseline val MAE {record.val_mae_months:.2f} months, mean of {args.seeds} seed(s) "
+        f"baseline val MAE {record.val_mae_months:.2f} months, mean of {plural(args.seeds, 'seed')} "
         f"({format_seeds(record.val_mae_per_seed)}{sd}; {record.wall_time_s:.0f} s); "
         f"mean predictor {record.mean_predictor_val_mae_months:.2f} months; recorded in {redact(ref.url)}"
     )

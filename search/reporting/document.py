@@ -95,3 +95,8 @@ def to_markdown(blocks: list[Block]) -> list[str]:
             lines += ["```", *b.lines, "```"]
         lines.append("")
     return lines
+
+
+def plural(n: int, word: str) -> str:
+    """'1 seed', '3 seeds': a count and its noun, never 'seed(s)' or '1 epochs'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
+from search.reporting.document import plural
 from search.storage.results import BaselineResult, RetrainResult
 
 # Every recipe retrain can score, in the order every table and figure lists them, and its colour
@@ -135,7 +136,8 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
     if base:
         per_seed = base.val_mae_per_seed
         x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
-        _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, f"baseline: range of {len(per_seed)} seeds")
+        label = f"baseline: range of {plural(len(per_seed), 'seed')}"
+        _seed_band(fig, x, [min(per_seed)] * 2, [max(per_seed)] * 2, label)
         fig.add_scatter(
             x=x,
             y=[base.val_mae_months] * 2,
@@ -175,9 +177,8 @@ def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
         epochs = min(len(h) for h in histories)
         per_epoch = np.array([[h[e]["val_mae_months"] for e in range(epochs)] for h in histories])
         x = list(range(1, epochs + 1))
-        _seed_band(
-            fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), f"baseline: range of {len(histories)} seeds"
-        )
+        label = f"baseline: range of {plural(len(histories), 'seed')}"
+        _seed_band(fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), label)
     _style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
     fig.update_xaxes(dtick=1, tick0=1)
     fig.update_yaxes(type="log")
@@ -309,9 +310,8 @@ def _group_figure(retrained: RetrainResult) -> Any:
             error_y=dict(type="data", array=[r.metrics_sd[m] or 0 for m, _, _ in GROUPS]),
         )
     fig.update_layout(barmode="group")
-    return _style(
-        fig, f"{FIGURES['mae_by_group'][0]} (mean over {retrained.seeds} seeds, ± SD)", "", "test MAE (months)"
-    )
+    title = f"{FIGURES['mae_by_group'][0]} (mean over {plural(retrained.seeds, 'seed')}, ± SD)"
+    return _style(fig, title, "", "test MAE (months)")
 
 
 def _ci_figure(retrained: RetrainResult) -> Any:
@@ -333,5 +333,5 @@ def _ci_figure(retrained: RetrainResult) -> Any:
             error_y=err,
         )
     )
-    title = f"{FIGURES['baseline_vs_best'][0]}: mean of {retrained.seeds} seeds, 95% CI over seeds and images"
+    title = f"{FIGURES['baseline_vs_best'][0]}: mean of {plural(retrained.seeds, 'seed')}, 95% CI over seeds and images"
     return _style(fig, title, "", "test MAE (months)")

@@ -18,11 +18,11 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
-from search.reporting.document import Heading, code, para, to_markdown
+from search.reporting.document import Heading, code, para, plural, to_markdown
 from search.reporting.figures import FIGURES, recipe_name, search_figures, test_figures
 from search.reporting.page import figure_page, index_page
 from search.reporting.summary import summary_blocks, test_section, val_section, verdict_block
-from search.reporting.words import format_params, format_seeds, pm, val_comparison, verdict_sentence
+from search.reporting.words import comparison_sentence, format_params, format_seeds, pm, val_comparison
 from search.storage.provenance import command_line, recorded_commands
 from search.storage.results import (
     BaselineResult,
@@ -63,9 +63,11 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
     if retrained:
         r, d, seed = retrained.recipes, retrained.best_minus_baseline, recipe_name("baseline", retrained)
         lines.append(
-            f"final test ({retrained.seeds} seeds, {retrained.n_test} images): best (trial {retrained.best_trial}) "
+            f"final test ({plural(retrained.seeds, 'seed')}, {retrained.n_test} images): "
+            f"best (trial {retrained.best_trial}) "
             f"{pm(r['best'].mae.mean, r['best'].mae.sd)}, {seed} "
-            f"{pm(r['baseline'].mae.mean, r['baseline'].mae.sd)} months; {verdict_sentence(d, against=f'the {seed}')}"
+            f"{pm(r['baseline'].mae.mean, r['baseline'].mae.sd)} months; "
+            f"{comparison_sentence(retrained, 'best', 'baseline', d)}"
         )
         if done and study.best_trial.number != retrained.best_trial:
             lines.append(
@@ -80,12 +82,12 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
             a, b = key.split("_minus_")
             if b == "baseline":  # each other final model against the baseline
                 what, mae = recipe_name(a, retrained), pm(r[a].mae.mean, r[a].mae.sd)
-                lines.append(f"  {what}: {mae} months; {verdict_sentence(c, f'the {what}', f'the {seed}')}")
+                lines.append(f"  {what}: {mae} months; {comparison_sentence(retrained, a, b, c)}")
     else:
         lines.append(f"final test: not run yet ({ref.hint('retrain')})")
     spent = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials)
     epochs = sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
-    lines.append(f"time spent training: {spent / 60:.1f} min over {epochs} epochs")
+    lines.append(f"time spent training: {spent / 60:.1f} min over {plural(epochs, 'epoch')}")
     lines.append(f"settings: stored in the study in {redact(ref.url)}{_created_from(study)}")
     return "\n".join(lines)
 
@@ -101,7 +103,7 @@ def _baseline_status(base: BaselineResult | None, best_value: float | None, ref:
     per_seed = base.val_mae_per_seed
     sd = f"; SD {base.val_mae_sd:.2f}" if base.val_mae_sd is not None else ""
     lines = [
-        f"baseline: val MAE {base.val_mae_months:.2f} months, mean of {len(per_seed)} seed(s) "
+        f"baseline: val MAE {base.val_mae_months:.2f} months, mean of {plural(len(per_seed), 'seed')} "
         f"({format_seeds(per_seed)}{sd})",
         f"mean predictor: val MAE {base.mean_predictor_val_mae_months:.2f} months",
     ]

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.reporting.document import Block, Heading, bold, bullets, code, para, table
+from search.reporting.document import Block, Heading, bold, bullets, code, para, plural, table
 from search.reporting.figures import GROUPS, recipe_name
 from search.reporting.words import (
     capital,
     comparison_lines,
+    comparison_sentence,
     correction_lines,
     format_params,
     format_seeds,
     pm,
     recipe_label,
-    verdict_sentence,
 )
 from search.storage.results import RetrainResult
 from search.storage.settings import describe_changes, plain
@@ -30,7 +30,7 @@ def summary_blocks(s: dict[str, Any]) -> list[Block]:
     blocks.append(
         para(
             f"Trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed{target}; "
-            f"{s['epochs_trained']} epochs trained in {s['search_wall_time_s'] / 60:.1f} min."
+            f"{plural(s['epochs_trained'], 'epoch')} trained in {s['search_wall_time_s'] / 60:.1f} min."
         )
     )
     blocks += val_section(s) + (test_section(s["test"]) if s["test"] else [])
@@ -40,10 +40,10 @@ def summary_blocks(s: dict[str, Any]) -> list[Block]:
 def verdict_block(s: dict[str, Any]) -> Block:
     r = s["test"]
     if r:
-        seed = f"the {recipe_name('baseline', r)}"
         return para(
             bold("Verdict"),
-            f" (final test, {r.seeds} seeds per recipe): {verdict_sentence(r.best_minus_baseline, against=seed)}."
+            f" (final test, {plural(r.seeds, 'seed')} per recipe): "
+            f"{comparison_sentence(r, 'best', 'baseline', r.best_minus_baseline)}."
             + stale_words(s),
         )
     return para("No final test yet: ", code(s["hint"]), " gives the verdict.")
@@ -93,8 +93,8 @@ def val_section(s: dict[str, Any]) -> list[Block]:
 def test_section(r: RetrainResult) -> list[Block]:
     """The final test: what was trained and scored, the table, the comparison, MAE by group."""
     intro = para(
-        f"{r.n_test} test images, {r.seeds} seed(s) per recipe, every recipe trained on the same {r.n_trainval} "
-        "images and scored on the same test images. Every column is the mean over seeds ± the SD over "
+        f"{r.n_test} test images, {plural(r.seeds, 'seed')} per recipe, every recipe trained on the same "
+        f"{r.n_trainval} images and scored on the same test images. Every column is the mean over seeds ± the SD over "
         "seeds; the MAE's 95% CI is a two-stage bootstrap (seeds, then test images). Evaluation, the same "
         "for every recipe: batch-norm statistics re-estimated on un-augmented training images, no "
         "test-time augmentation."
@@ -136,7 +136,7 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
     blocks: list[Block] = [
         para(
             f"Best minus {seed}, paired on the same images with each recipe's seeds resampled: "
-            f"{verdict_sentence(d, against=f'the {seed}')}."
+            f"{comparison_sentence(r, 'best', 'baseline', d)}."
         )
     ]
     ens, e = d.ensembles, {k: v.seed_ensemble for k, v in r.recipes.items()}
@@ -155,7 +155,7 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
             para(
                 f"With test-time flip averaging (both recipes): best {pm(best.mean, best.sd)}, {seed} "
                 f"{pm(base.mean, base.sd)} months; "
-                f"{verdict_sentence(r.best_minus_baseline_tta_flip, against=f'the {seed}')}."
+                f"{comparison_sentence(r, 'best', 'baseline', r.best_minus_baseline_tta_flip)}."
             )
         )
     without_bn = r.recipes["baseline"].without_bn_reestimation
@@ -220,7 +220,7 @@ def _group_table(r: RetrainResult) -> list[Block]:
         for metric, key, label in GROUPS
     ]
     return [
-        para(f"MAE by group (months, mean ± SD over {r.seeds} seeds; n = test images in the group):"),
+        para(f"MAE by group (months, mean ± SD over {plural(r.seeds, 'seed')}; n = test images in the group):"),
         table(["group", "n", *(recipe_name(n, r) for n in names)], rows),
     ]
 
@@ -275,7 +275,13 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
     if s["baseline"]:
         times.append(f"baseline on val {s['baseline'].wall_time_s:.0f} s")
     if s["test"]:
-        for n, e in s["test"].recipes.items():
-            if e.wall_time_s is not None:
-                times.append(f"retrain {recipe_name(n, s['test'])} {e.wall_time_s:.0f} s")
+        r = s["test"]
+        for n, e in r.recipes.items():
+            if e.wall_time_s is None:
+                continue
+            if n == "ensemble":  # the sum of its members' training, the best's among them: said, not added again
+                members = plural(len(r.members), "member")
+                times.append(f"retrain {recipe_name(n, r)} {e.wall_time_s:.0f} s (its {members}, the best's included)")
+            else:
+                times.append(f"retrain {recipe_name(n, r)} {e.wall_time_s:.0f} s")
     return [*blocks, para("Wall times: " + ", ".join(times) + ".")]

@@ -26,23 +26,71 @@ def pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def verdict_sentence(d: Comparison, what: str = "the best recipe", against: str = "the baseline") -> str:
-    """The paired comparison (what minus against) in one sentence whose words follow its CI."""
+def percent(share: float) -> str:
+    """A share as a percentage with the digits it needs: 12.3%, 0.43%, 0.025% (never a 0.0% that hides
+    a share above zero), 0%."""
+    pct = 100 * share
+    if pct == 0:
+        return "0%"
+    return f"{pct:.1f}%" if pct >= 1 else f"{pct:.2g}%"
+
+
+def verdict_sentence(
+    d: Comparison, what: str = "the best recipe", against: str = "the baseline", budget: str = ""
+) -> str:
+    """The paired comparison (what minus against) in one sentence whose words follow its CI; budget
+    (budget_words) says, in the same sentence, where the two were trained for different budgets."""
     numbers = (
         f"{d.mae_diff_months:+.2f} months (95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}; "
-        f"not better in {100 * d.p_a_not_better:.1f}% of resamples)"
+        f"not better in {percent(d.p_a_not_better)} of resamples)"
     )
     v = d.verdict
     if v == "better":
-        return f"{what} is better than {against}: {numbers}"
+        return f"{what} is better than {against}{budget}: {numbers}"
     if v == "worse":
-        return f"{what} is worse than {against}: {numbers}"
+        return f"{what} is worse than {against}{budget}: {numbers}"
     if v == "undetermined":
         return (
-            f"{what} minus {against}: {numbers}; no verdict with one seed per recipe, since the CI "
+            f"{what} minus {against}{budget}: {numbers}; no verdict with one seed per recipe, since the CI "
             "cannot see the seed-to-seed spread (retrain with --seeds 3)"
         )
-    return f"no significant difference between {what} and {against}: {numbers}"
+    return f"no significant difference between {what} and {against}{budget}: {numbers}"
+
+
+BUDGET_FIELDS = (("epochs", "epochs"), ("image_size", "px"))
+
+
+def _configs(r: RetrainResult, name: str) -> list[dict[str, Any]]:
+    """The configs a recipe of a retrain trained: the best's, every top-k member's, the baseline's."""
+    if name.startswith("ensemble"):
+        return [m.config for m in r.members]
+    if name.startswith("best"):
+        return [r.members[0].config] if r.members else [r.recipes["best"].config or {}]
+    return [r.recipes[name].config or {}]
+
+
+def _span(values: list) -> str:
+    return str(values[0]) if len(values) == 1 else f"{values[0]} to {values[-1]}"
+
+
+def budget_words(r: RetrainResult, a: str, b: str) -> str:
+    """' (trained for different budgets: 2 against 5 epochs)' where recipe a trained for another budget
+    than b (epochs, image size; every recipe of a retrain trains on the same images), else ''. A
+    verdict between two budgets compares recipe and budget at once: the sentence must say so."""
+    parts = []
+    for field, unit in BUDGET_FIELDS:
+        x = sorted({c.get(field) for c in _configs(r, a)} - {None})
+        y = sorted({c.get(field) for c in _configs(r, b)} - {None})
+        if x and y and x != y:
+            parts.append(f"{_span(x)} against {_span(y)} {unit}")
+    return f" (trained for different budgets: {', '.join(parts)})" if parts else ""
+
+
+def comparison_sentence(r: RetrainResult, a: str, b: str, d: Comparison) -> str:
+    """Recipe a minus recipe b of a retrain as the verdict sentence, naming both as every view does and
+    saying where their training budgets differ."""
+    what = "the best recipe" if a == "best" else f"the {recipe_name(a, r)}"
+    return verdict_sentence(d, what, f"the {recipe_name(b, r)}", budget_words(r, a, b))
 
 
 def recipe_label(name: str, r: RetrainResult) -> str:
@@ -59,7 +107,7 @@ def comparison_lines(r: RetrainResult) -> list[str]:
     lines = []
     for key, d in r.comparisons.items():
         a, b = key.split("_minus_")
-        lines.append(capital(verdict_sentence(d, f"the {recipe_name(a, r)}", f"the {recipe_name(b, r)}")))
+        lines.append(capital(comparison_sentence(r, a, b, d)))
     return lines
 
 
@@ -69,7 +117,7 @@ def correction_lines(r: RetrainResult) -> list[str]:
     for name, c in r.bias_correction.items():
         lines.append(
             f"bias correction of the {recipe_name(name, r)}: corrected = {c.slope:.3f} x predicted "
-            f"{c.intercept:+.2f} months, fitted on the val predictions of trial(s) "
+            f"{c.intercept:+.2f} months, fitted on the val predictions of {'trials' if len(c.trials) > 1 else 'trial'} "
             f"{', '.join(map(str, c.trials))} ({c.n} images none of them trained on)"
         )
     return lines
@@ -127,10 +175,10 @@ def retrain_lines(out: RetrainResult) -> list[str]:
         lines.append(f"modified baseline: {describe_changes(out.baseline_modified)}")
     if out.overrides.get("best"):
         lines.append(f"best recipe changed for this retrain: {describe_changes(out.overrides['best'])}")
-    seed = f"the {recipe_name('baseline', out)}"
     lines.append(
-        capital(verdict_sentence(out.best_minus_baseline, against=seed)) + f", on the same {out.n_test} test images"
+        capital(comparison_sentence(out, "best", "baseline", out.best_minus_baseline))
+        + f", on the same {out.n_test} test images"
     )
     if out.best_minus_baseline_tta_flip is not None:
-        lines.append("With flip TTA: " + verdict_sentence(out.best_minus_baseline_tta_flip, against=seed))
+        lines.append("With flip TTA: " + comparison_sentence(out, "best", "baseline", out.best_minus_baseline_tta_flip))
     return lines + [capital(line) for line in correction_lines(out)] + comparison_lines(out)
