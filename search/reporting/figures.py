@@ -16,7 +16,9 @@ import optuna
 from optuna.trial import TrialState
 
 from boneage_core.metrics import AGE_BRACKETS_MONTHS
+from search.reporting.axes import SCALE, label, linear_ticks, log_ticks, signed, wrap
 from search.reporting.document import plural
+from search.reporting.parallel import parallel_figure
 from search.storage.results import BaselineResult, RetrainResult
 
 # Every recipe retrain can score, in the order every table and figure lists them, and its colour
@@ -37,24 +39,11 @@ COLOURS = {
     "trials": "#999999",
     "accent": "#56B4E9",
 }
-CORNERS = ("top left", "top right", "bottom right")  # one per model in the Bland-Altman figure
 BAND = "rgba(230, 159, 0, 0.25)"  # the baseline's orange, see-through
 GROUPS = [(f"mae_{lo}_{hi}_months", f"{lo}_{hi}", f"{lo}-{hi} mo") for lo, hi in AGE_BRACKETS_MONTHS] + [
     ("mae_male_months", "male", "male"),
     ("mae_female_months", "female", "female"),
 ]
-PARAM_LABELS = {
-    "lr": "learning rate",
-    "batch_size": "batch size",
-    "aug_strength": "augmentation strength",
-    "weight_decay": "weight decay",
-    "image_size": "image size (px)",
-    "dropout": "dropout",
-    "epochs": "epochs",
-    "loss": "loss",
-    "optimizer": "optimizer",
-    "schedule": "schedule",
-}
 VAL = "val MAE (months)"
 
 # name: (title, caption); the order is the page's
@@ -77,7 +66,8 @@ FIGURES = {
     ),
     "parallel_coordinate": (
         "Parameters of every trial",
-        "One line per complete trial across its parameter values, coloured by val MAE (darker is lower).",
+        "One line per complete trial across its parameter values, each on the scale it was searched on (a "
+        "log-searched learning rate on a log axis), coloured by val MAE (darker is lower).",
     ),
     "slice": (
         "Val MAE against each parameter",
@@ -95,7 +85,7 @@ FIGURES = {
     "bland_altman": (
         "Agreement (Bland-Altman)",
         "Error against the mean of predicted and true age, per test image; the lines are each recipe's "
-        "bias and its 95% limits of agreement, with their values.",
+        "bias (solid) and its 95% limits of agreement (dotted), their values in the legend.",
     ),
     "mae_by_group": (
         "Test MAE by age and sex",
@@ -112,6 +102,14 @@ def _style(fig, title: str, x_title: str | None = None, y_title: str | None = No
     if y_title is not None:
         fig.update_yaxes(title=y_title)
     return fig
+
+
+def _log_y(fig) -> None:
+    """A log MAE axis with ticks at 1, 2, 5 x 10^k written out: plotly's own show '100' and tiny
+    2..9 digits on a wide range, so a '5' at the top means 500."""
+    values = [v for t in fig.data if t.y is not None for v in t.y if isinstance(v, int | float)]
+    vals, text = log_ticks(values)
+    fig.update_yaxes(type="log", tickvals=vals, ticktext=text)
 
 
 def _seed_band(fig, x: list[float], low: list[float], high: list[float], label: str) -> None:
@@ -132,7 +130,6 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
         else:
             trace.update(name="best so far", line=dict(color=COLOURS["best"], width=2))
     _style(fig, FIGURES["optimization_history"][0], "trial", "val MAE (months, log scale)")
-    fig.update_yaxes(type="log")
     if base:
         per_seed = base.val_mae_per_seed
         x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
@@ -145,6 +142,7 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
             line=dict(dash="dash", color=COLOURS["baseline"]),
             name=f"baseline: mean {base.val_mae_months:.2f}",
         )
+    _log_y(fig)
     return fig
 
 
@@ -181,21 +179,44 @@ def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
         _seed_band(fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), label)
     _style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
     fig.update_xaxes(dtick=1, tick0=1)
-    fig.update_yaxes(type="log")
+    _log_y(fig)
     return fig
 
 
-def _readable_params(fig) -> None:
-    """Parameter names as words on every axis Optuna labels with a field name; log axes in powers of
-    ten instead of SI prefixes (a '100μ' learning rate)."""
+def _category(value) -> str:
+    return {"True": "yes", "False": "no"}.get(str(value), str(value).strip("'"))
+
+
+def _readable_slices(fig) -> None:
+    """Optuna's slice plot with words for names, log axes ticked 1, 2, 5 x 10^k and written out
+    (its own put tiny 2..9 digits beside a '10^-2', which overlap in a narrow subplot), at most four
+    ticks on a linear axis, and a colour scale whose first trials show on white."""
     for axis in fig.layout:
-        if axis.startswith(("xaxis", "yaxis")):
-            ax = fig.layout[axis]
-            title = ax.title.text if ax.title is not None else None
-            if title in PARAM_LABELS:
-                ax.title.text = PARAM_LABELS[title]
-            if ax.type == "log":
-                ax.exponentformat = "power"
+        if not axis.startswith("xaxis"):
+            continue
+        ax = fig.layout[axis]
+        if ax.title is not None and ax.title.text is not None:
+            ax.title.text = wrap(label(ax.title.text), 18)
+        suffix = axis[len("xaxis") :]
+        mine = [t for t in fig.data if (t.xaxis or "x") == f"x{suffix}"]
+        xs = [v for t in mine for v in (t.x or []) if isinstance(v, float | int)]
+        if ax.type == "category":  # Optuna writes categories quoted ('mse') and booleans as True/False
+            for t in mine:
+                t.x = tuple(_category(v) for v in t.x)
+            if ax.categoryarray is not None:
+                ax.categoryarray = tuple(_category(v) for v in ax.categoryarray)
+            continue
+        if not xs:
+            continue
+        lo, hi = min(xs), max(xs)  # ticks inside the data only: one at a subplot's edge meets its neighbour's
+        if ax.type == "log":
+            vals, text = log_ticks(xs, most=3, inside=True)
+            ax.update(tickvals=vals, ticktext=text)
+        else:
+            ax.update(tickvals=[v for v in linear_ticks(lo, hi, 3) if lo <= v <= hi], tickformat=".3g")
+    for trace in fig.data:
+        if trace.marker is not None and trace.marker.colorscale is not None:
+            trace.marker.colorscale = SCALE
 
 
 def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str, Any]:
@@ -209,17 +230,14 @@ def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str
         return figs
     imp = vis.plot_param_importances(study, target_name=VAL)
     imp.update_traces(marker_color=COLOURS["accent"], textposition="outside", cliponaxis=False)
-    imp.data[0].y = tuple(PARAM_LABELS.get(p, p) for p in imp.data[0].y)
+    imp.data[0].y = tuple(label(p) for p in imp.data[0].y)
     _style(imp, FIGURES["param_importances"][0], "importance (share of val MAE variation)", "")
     imp.update_yaxes(automargin=True, ticksuffix="  ")
-    par = vis.plot_parallel_coordinate(study, target_name=VAL)
-    axis = par.layout.xaxis  # Optuna 5 draws the axes as x ticks: val MAE, then each parameter
-    axis.ticktext = tuple(VAL if t == VAL.split(" (")[0] else PARAM_LABELS.get(t, t) for t in axis.ticktext)
-    _style(par, FIGURES["parallel_coordinate"][0])
+    par = parallel_figure(study, FIGURES["parallel_coordinate"][0])
     sl = vis.plot_slice(study, target_name=VAL)
     sl.layout.width = None  # Optuna sets 300 px per parameter: five overflow the page; the page's width instead
     _style(sl, FIGURES["slice"][0])
-    _readable_params(sl)
+    _readable_slices(sl)
     return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}
 
 
@@ -254,8 +272,8 @@ def _scatter_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray,
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for label, (name, p) in models.items():
-        fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=label, marker_color=COLOURS[name])
+    for shown, (name, p) in models.items():
+        fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=shown, marker_color=COLOURS[name])
     hi = float(true.max()) * 1.05
     fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="perfect agreement", line=dict(color="gray", dash="dash"))
     return _style(
@@ -267,26 +285,27 @@ def _scatter_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray,
 
 
 def _bland_altman_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray, which: str) -> Any:
+    """Each recipe's bias and 95% limits of agreement as lines whose values the legend gives (text
+    labels on the plot sat on the points and on each other)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, (label, (name, p)) in enumerate(models.items()):
-        pred = p.mean(axis=0)
-        mean, diff = (pred + true) / 2, pred - true
-        fig.add_scatter(x=mean, y=diff, mode="markers", name=label, marker_color=COLOURS[name])
-        bias, half = diff.mean(), 1.96 * diff.std(ddof=1)
-        for y, dash, text in (
-            (bias, "solid", "bias"),
-            (bias + half, "dot", "+1.96 SD"),
-            (bias - half, "dot", "-1.96 SD"),
-        ):
-            fig.add_hline(
-                y=y,
-                line_dash=dash,
-                line_color=COLOURS[name],
-                annotation_text=f"{label} {text} {y:+.1f}",
-                annotation_position=CORNERS[i % len(CORNERS)],
-            )  # each recipe's labels in a corner of its own
+    means = {shown: (p.mean(axis=0) + true) / 2 for shown, (_, p) in models.items()}
+    x0, x1 = min(float(m.min()) for m in means.values()), max(float(m.max()) for m in means.values())
+    for shown, (name, p) in models.items():
+        diff = p.mean(axis=0) - true
+        colour = COLOURS[name]
+        fig.add_scatter(x=means[shown], y=diff, mode="markers", name=shown, marker_color=colour, legendgroup=name)
+        bias, half = float(diff.mean()), 1.96 * float(diff.std(ddof=1))
+        fig.add_scatter(
+            x=[x0, x1], y=[bias, bias], mode="lines", line=dict(color=colour), legendgroup=name,
+            name=f"{shown}: bias {signed(bias)}",
+        )  # fmt: skip
+        fig.add_scatter(
+            x=[x0, x1, None, x0, x1], y=[bias - half, bias - half, None, bias + half, bias + half], mode="lines",
+            line=dict(color=colour, dash="dot"), legendgroup=name,
+            name=f"{shown}: 95% limits {signed(bias - half)} to {signed(bias + half)}",
+        )  # fmt: skip
     return _style(
         fig,
         f"{FIGURES['bland_altman'][0]} (test, {which})",
@@ -299,7 +318,8 @@ def _group_figure(retrained: RetrainResult) -> Any:
     import plotly.graph_objects as go
 
     n = retrained.group_n
-    x = [f"{label} (n={n[key]})" for _, key, label in GROUPS]
+    # three short lines (ages, unit, count): seven groups side by side fit 800 px without touching
+    x = [f"{g.removesuffix(' mo')}<br>{'months' if g.endswith(' mo') else ''}<br>n={n[key]}" for _, key, g in GROUPS]
     fig = go.Figure()
     for name, r in retrained.recipes.items():
         fig.add_bar(
@@ -327,7 +347,7 @@ def _ci_figure(retrained: RetrainResult) -> Any:
     )
     fig = go.Figure(
         go.Bar(
-            x=[f"{recipe_name(n, retrained)}: {r[n].mae.mean:.2f} months" for n in names],  # value on show
+            x=[wrap(f"{recipe_name(n, retrained)}: {r[n].mae.mean:.2f} months", 16) for n in names],  # value shown
             y=[r[n].mae.mean for n in names],
             marker_color=[COLOURS[n] for n in names],
             error_y=err,

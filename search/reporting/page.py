@@ -7,6 +7,7 @@ Every piece of text is escaped where it enters a template; nothing is parsed fro
 from __future__ import annotations
 
 import html
+import re
 from string import Template
 from typing import Any
 
@@ -14,10 +15,12 @@ from search.reporting.document import Block, Bullets, CodeBlock, Heading, Paragr
 from search.reporting.figures import FIGURES
 
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; color: #222;
+body { font-family: system-ui, sans-serif; max-width: 96rem; margin: 2rem auto; padding: 0 1rem; color: #222;
        line-height: 1.45; }
+.table { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
+td.num { white-space: nowrap; text-align: right; }
 th { background: #f3f3f3; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; }
 figure { margin: 1.5rem 0 2.5rem; }
@@ -44,7 +47,17 @@ FIGURE_PAGE = Template(
     "<figure>$plot<figcaption>$caption</figcaption></figure>"
 )
 SPAN = {"plain": Template("$text"), "bold": Template("<strong>$text</strong>"), "code": Template("<code>$text</code>")}
-TABLE = Template("<table><thead><tr>$head</tr></thead><tbody>$rows</tbody></table>")
+TABLE = Template('<div class="table"><table><thead><tr>$head</tr></thead><tbody>$rows</tbody></table></div>')
+NUMBER = re.compile(r"^[-+−]?\d")  # a cell that starts with a number: never wrapped (11.63 ± 0.40 stays whole)
+# plotly's mode bar without what sends a chart elsewhere (its cloud "share"/"edit in Chart Studio") or
+# links to the vendor: a report of medical data keeps every byte of it on this machine
+PLOT_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "showEditInChartStudio": False,
+    "showLink": False,
+    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"],
+}
 
 
 def _e(text: Any) -> str:
@@ -55,6 +68,10 @@ def _spans(p: Paragraph) -> str:
     return "".join(SPAN[s.style].substitute(text=_e(s.text)) for s in p.spans)
 
 
+def _cell(text: Any) -> str:
+    return f'<td class="num">{_e(text)}</td>' if NUMBER.match(str(text)) else f"<td>{_e(text)}</td>"
+
+
 def block_html(b: Block) -> str:
     """One block of the report as HTML."""
     if isinstance(b, Heading):
@@ -63,7 +80,7 @@ def block_html(b: Block) -> str:
         return f"<p>{_spans(b)}</p>"
     if isinstance(b, Table):
         head = "".join(f"<th>{_e(c)}</th>" for c in b.header)
-        rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+        rows = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in b.rows)
         return TABLE.substitute(head=head, rows=rows)
     if isinstance(b, Bullets):
         return "<ul>" + "".join(f"<li>{_spans(i)}</li>" for i in b.items) + "</ul>"
@@ -76,7 +93,9 @@ def _document(title: str, body: str) -> str:
 
 
 def _plot_div(fig: Any) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%", default_height="520px")
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, default_width="100%", default_height="520px", config=PLOT_CONFIG
+    )
 
 
 def index_page(study_name: str, blocks: list[Block], figs: dict[str, Any], png_note: str) -> str:
