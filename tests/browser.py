@@ -5,6 +5,7 @@ Chromium dumps."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -27,7 +28,8 @@ window.addEventListener("load", () => setTimeout(() => {
   for (const fig of document.querySelectorAll("figure")) {
     out.figures += 1;
     const boxes = [...fig.querySelectorAll("svg text")]
-      .filter(t => t.textContent.trim() && getComputedStyle(t).visibility !== "hidden" && getComputedStyle(t).opacity !== "0")
+      .filter(t => t.textContent.trim() && getComputedStyle(t).visibility !== "hidden")
+      .filter(t => getComputedStyle(t).opacity !== "0")
       .map(t => [t.textContent.trim(), t.getBoundingClientRect()])
       .filter(([, b]) => b.width > 0 && b.height > 0);
     out.texts += boxes.length;
@@ -67,4 +69,4 @@ def check_page(page: Path, width: int, extra_args: tuple[str, ...] = ()) -> dict
         probe.unlink(missing_ok=True)
     found = re.search(r'<pre id="page-check">(.*?)</pre>', dom, flags=re.S)
     assert found, dom[-2000:]
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    return json.loads(html.unescape(found.group(1)))

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from search.reporting.figures import FIGURES
 from search.storage.results import load_baseline, load_retrain
 from search.storage.trials import trial_data
 from search.storage.truth import spec_from_study, study_ref
+from tests.browser import CHROMIUM, check_page
 from tests.conftest import REPO, assert_one_line_error, load, main_ok, run_main
 
 
@@ -188,7 +188,6 @@ def test_image_size_in_the_space_below_the_backbone_minimum_is_one_line(tmp_path
     assert_one_line_error(r, "[space.image_size]", "16 px")
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # What Chromium asks of its own servers whatever the page (updates, sign-in, network time), with these
@@ -201,6 +200,16 @@ QUIET_BROWSER = [
     *("--disable-breakpad", "--no-default-browser-check"),
     *("--disable-client-side-phishing-detection", "--safebrowsing-disable-auto-update"),
 ]
+
+
+SPACE_KINDS = """
+[space.loss]
+type = "categorical"
+choices = ["mse", "l1"]
+[space.use_sex]
+type = "categorical"
+choices = [true, false]
+"""
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -221,7 +230,10 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium; .ci/run installs it)")
 def test_the_report_page_shows_the_studys_numbers_and_draws_every_figure_offline_in_a_browser(tmp_path, study, capsys):
-    for command in (["run", "--trials", "3"], ["baseline", "--seeds", "2"], ["retrain", "--seeds", "2"], ["report"]):
+    # a categorical, a boolean and a log-searched float in the space: the axes a reader misreads first
+    study.write_text(study.read_text() + SPACE_KINDS)
+    retrain = ["retrain", "--seeds", "2", "--top-k", "2", "--bias-correction"]
+    for command in (["run", "--trials", "4"], ["baseline", "--seeds", "2"], retrain, ["report"]):
         main_ok(*command, "--study", str(study), "--quiet", cwd=tmp_path, capsys=capsys)
     page = tmp_path / "results" / "tiny" / "index.html"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
@@ -256,10 +268,16 @@ def test_the_report_page_shows_the_studys_numbers_and_draws_every_figure_offline
         assert "main-svg" in html and re.search(r'class="[^"]*\btrace\b', html), name
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     base, out = load_baseline(s), load_retrain(s)
-    cells = re.findall(r"<td>(.*?)</td>", dom)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", dom)
     assert f"{s.best_value:.2f}" in cells and f"{base.val_mae_months:.2f} ± {base.val_mae_sd:.2f}" in cells
     assert any(c.startswith(f"{out.recipes['best'].mae.mean:.2f} ± ") for c in cells)
     assert "<strong>Verdict</strong>" in dom
+    # as a person sees it, at a laptop's width and a narrow window's: no number wrapped in its cell, no
+    # two labels of a figure on each other, no mode-bar button that sends the chart away
+    for width in (800, 1400):
+        seen = check_page(page, width, tuple(QUIET_BROWSER))
+        assert seen["width"] == width and seen["figures"] == len(FIGURES) and seen["texts"] > 100, seen
+        assert seen["wrapped"] == [] and seen["overlaps"] == [] and seen["cloud"] == [], (width, seen)
 
 
 def test_linear_correction_undoes_shrinkage_toward_the_mean():

@@ -26,7 +26,7 @@ PARAM_LABELS = {
     "aug_intensity": "intensity augmentation",
 }
 # Blues without its near-white end: the worst trial stays as visible on white as the best
-SCALE = [[0.0, "#9ecae1"], [0.35, "#4292c6"], [0.7, "#08519c"], [1.0, "#08306b"]]
+SCALE = [[0.0, "#6baed6"], [0.4, "#3182bd"], [0.75, "#08519c"], [1.0, "#08306b"]]
 
 
 def label(name: str) -> str:
@@ -46,7 +46,9 @@ def signed(value: float, digits: int = 1) -> str:
 
 def plain(value: float) -> str:
     """A tick value written out, at most 3 significant digits: 0.0001, 0.002, 50, 200, 1000."""
-    return f"{value:.3g}" if 1e-4 <= abs(value) < 1e5 or value == 0 else f"{value:.0e}".replace("e-0", "e-")
+    if value == 0 or 1 <= abs(value) < 1e6 and value == round(value):
+        return f"{value:.0f}"
+    return f"{value:.3g}" if 1e-4 <= abs(value) < 1e6 else f"{value:.0e}".replace("e-0", "e-")
 
 
 def log_ticks(values: Iterable[float], most: int = 8, inside: bool = False) -> tuple[list[float], list[str]]:
