@@ -166,13 +166,13 @@ def _decode_into(
     failed: dict[int, str] = {}
     with ThreadPoolExecutor(workers) as pool:
         done = pool.map(lambda p: _decode_row(p, size), table["path"])
-        bar = tqdm(done, total=len(table), desc=desc, disable=quiet, unit="img")
-        for i, (img, reason) in enumerate(bar):
-            if img is None:
-                out[i] = 0
-                failed[i] = reason
-            else:
-                out[i] = img
+        with tqdm(done, total=len(table), desc=desc, disable=quiet, unit="img") as bar:  # closed before an error
+            for i, (img, reason) in enumerate(bar):
+                if img is None:
+                    out[i] = 0
+                    failed[i] = reason
+                else:
+                    out[i] = img
     return failed
 
 

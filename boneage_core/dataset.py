@@ -80,8 +80,8 @@ def phantom_dir(n: int, seed: int, cache_dir: Path | None = None) -> Path:
 
 def resolve_source(settings: DataSettings, cache_dir: Path | None = None, quiet: bool = True) -> Path:
     """The data directory: the source itself, or the phantom, written once on first use."""
-    if settings.source != "phantom":
-        return Path(settings.source).expanduser()
+    if settings.source != "phantom":  # absolute: 'ph', './ph/' and '/abs/ph' read (and cache) the same files
+        return Path(os.path.abspath(Path(settings.source).expanduser()))
     root = phantom_dir(settings.phantom_n, settings.seed, cache_dir)
     if not (root / TRAIN_CSV).is_file():
         if not quiet:

@@ -146,11 +146,13 @@ def _read_labels(path: Path) -> pd.DataFrame:
 
 
 def _parse_male(values: pd.Series, path: Path, col: str) -> np.ndarray:
-    text = values.astype(str).str.strip().str.lower()
+    text = values.map(lambda v: "" if pd.isna(v) else str(v)).str.strip().str.lower()
     bad = ~text.isin(_TRUE | _FALSE)
     if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
         raise BoneAgeError(
-            f"{path}: column '{col}' has unrecognised sex value {values[bad].iloc[0]!r} "
+            f"{path}: row {row + 2}, column '{col}' has unrecognised sex value "
+            f"{'' if pd.isna(values.iloc[row]) else values.iloc[row]!r} "
             "(expected True/False, 1/0 or M/F)"
         )
     return text.isin(_TRUE).to_numpy()

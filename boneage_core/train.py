@@ -361,22 +361,24 @@ def fit(
     if ckpt is not None and ckpt.is_file():
         _resume(result, restore_checkpoint(ckpt, cfg, state))
     bar = _epoch_bar(progress, cfg.epochs, len(result.history))
-    for epoch in range(len(result.history) + 1, cfg.epochs + 1):
-        last = epoch == cfg.epochs
-        done = _epoch(
-            cfg, state, data, eval_split, epoch=epoch, mean=mean, std=std, evaluate=eval_each_epoch or last,
-            keep_without_bn_reestimation=last and eval_without_bn_reestimation,
-        )  # fmt: skip
-        if done.evaluation is not None:
-            _keep(result, done.evaluation)
-        result.history.append(done.row)
-        _advance(bar, done.row, eval_label)
-        if ckpt is not None:
-            save_checkpoint(ckpt, cfg, state, result.history, _final_eval(result) if last else None)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, done.row)
-    if bar is not None:
-        bar.close()
+    try:
+        for epoch in range(len(result.history) + 1, cfg.epochs + 1):
+            last = epoch == cfg.epochs
+            done = _epoch(
+                cfg, state, data, eval_split, epoch=epoch, mean=mean, std=std, evaluate=eval_each_epoch or last,
+                keep_without_bn_reestimation=last and eval_without_bn_reestimation,
+            )  # fmt: skip
+            if done.evaluation is not None:
+                _keep(result, done.evaluation)
+            result.history.append(done.row)
+            _advance(bar, done.row, eval_label)
+            if ckpt is not None:
+                save_checkpoint(ckpt, cfg, state, result.history, _final_eval(result) if last else None)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, done.row)
+    finally:  # closed before any error is printed: the error is the last line, never glued to a bar
+        if bar is not None:
+            bar.close()
     if not result.metrics:  # resumed from a finished checkpoint, whose predictions it holds
         result.metrics = regression_metrics(result.pred_months, eval_split.age_months, eval_split.male)
     result.model = state.model

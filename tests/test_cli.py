@@ -160,6 +160,7 @@ BAD_ARGS = [
     ),
     ("storage in memory", ["run", "--storage", "sqlite:///:memory:"], "in memory", "lost"),
     ("storage under ~", ["run", "--storage", "sqlite:///~/x.db"], "'~' is no home folder", "sqlite:////"),
+    ("status under ~", ["status", "--storage", "sqlite:///~/x.db"], "'~' is no home folder", "sqlite:////"),
     # options are never abbreviated: --stor is not --storage, and its URL is not repeated with its password
     ("abbreviated storage", ["status", "--stor=postgresql://bob:hunter2@127.0.0.1:1/x"], "unrecognized", "--stor"),
     ("abbreviated, URL apart", ["run", "--stora", "postgresql://bob:hunter2@127.0.0.1:1/x"], "--stora"),

@@ -90,7 +90,7 @@ DATA_CASES = [
     # an empty cell is NaN, which pandas 3 keeps through astype(str): each column's empty cell is one line
     ("id empty", lambda r: _break_csv(r, "id", ""), "column 'id' = '' is not an image id"),
     ("age empty", lambda r: _break_csv(r, "boneage", ""), "is not an age"),
-    ("sex empty", lambda r: _break_csv(r, "male", ""), "unrecognised sex value"),
+    ("sex empty", lambda r: _break_csv(r, "male", ""), "row 2, column 'male' has unrecognised sex value ''"),
     ("every image missing", _all_images_gone, "none of its 20 images"),
     ("a broken download", _two_bad, "split train: 2 of 20 labelled images (10%) are missing or unreadable"),
 ]

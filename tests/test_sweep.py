@@ -113,10 +113,10 @@ def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, 
     # a full disk under the checkpoints: torch's own save would raise RuntimeError (a traceback)
     shutil.move(tmp_path / "checkpoints", tmp_path / "checkpoints-kept")
     (tmp_path / "checkpoints").symlink_to(tiny_disk)
-    r = run_main("retrain", "--study", str(study), "--set", "train.epochs=3", "--quiet", cwd=tmp_path, capsys=capsys)
+    r = run_main("retrain", "--study", str(study), "--set", "train.epochs=3", cwd=tmp_path, capsys=capsys)  # bars on
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot write the checkpoint") and "No space left on device" in last
+    last = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert last.startswith("error: cannot write the checkpoint") and "No space left on device" in last, r.stderr
     assert _snapshot(results) == before and not [p for p in tiny_disk.rglob("*") if p.is_file()]
 
     # a full disk while the new result files are written: the third file fails
@@ -198,7 +198,10 @@ def test_a_data_folder_whose_name_is_not_utf8_is_read_as_given(tmp_path, study, 
     main_ok("run", "--study", str(study), "--data", odd, "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
     assert spec_of(tmp_path).data.source == odd
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)  # its files name the path too
-    assert bytes(tmp_path) + b"/ph\xff" in (tmp_path / "results" / "tiny" / "summary.md").read_bytes()
+    summary = (tmp_path / "results" / "tiny" / "summary.md").read_bytes().decode("utf-8")  # valid UTF-8
+    assert "ph\\udcff" in summary  # the byte shown, not dropped
+    status = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
+    assert "--data $'" in status and "/ph\\xff \\x5c \\x27\"'" in status  # bash's quoting: it can be pasted
 
 
 def spec_of(tmp_path):
@@ -225,8 +228,18 @@ def _table_dropped(db) -> None:
         c.commit()
 
 
+def _no_alembic(db) -> None:
+    import sqlite3
+
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}")
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("drop table alembic_version")
+        c.commit()
+
+
 STORAGE_FILES = {
     "empty file": (lambda db: db.write_bytes(b""), "is an empty file", "holds no study yet"),
+    "a study file missing its schema version": (_no_alembic, "is damaged", "alembic_version"),
     "another program's database": (_other_program, "is a SQLite database of something else", "invoices"),
     "a study file missing a table": (_table_dropped, "is damaged", "trial_values"),
 }
@@ -275,6 +288,9 @@ def test_a_cache_made_stale_by_changed_files_is_removed_when_its_successor_is_bu
     main_ok("data", "cache", str(kaggle_dir), "--size", "48", cwd=tmp_path, capsys=capsys)
     first = sorted(private_cache.glob("images-*.npy"))
     assert len(first) == 6  # three splits at two sizes
+    spelled = os.path.relpath(kaggle_dir, tmp_path) + "/"  # the same folder written another way: the same cache
+    main_ok("data", "cache", spelled, "--size", "32", cwd=tmp_path, capsys=capsys)
+    assert sorted(private_cache.glob("images-*.npy")) == first
     for _ in range(3):  # each change of the images' mtimes used to leave one more cache per split
         for image in (kaggle_dir / "boneage-training-dataset").glob("*.png"):
             os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
@@ -283,3 +299,28 @@ def test_a_cache_made_stale_by_changed_files_is_removed_when_its_successor_is_bu
     assert len(now) == 6 and len(list(private_cache.glob("images-*.unreadable.csv"))) == 6
     assert len(set(now) - set(first)) == 3  # the 32 px caches were rebuilt, the 48 px ones left alone
     assert {p for p in first if "-48px" in p.name} <= set(now)
+
+
+def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch):
+    """write() that fails names no file (a full disk midway): the result file it was is named instead."""
+    import pathlib
+
+    from search.storage.writes import write_atomic
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(OSError) as exc:
+        write_atomic(tmp_path / "summary.md", "text")
+    assert exc.value.filename == str(tmp_path / "summary.md") and exc.value.errno == 28
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_with_credentials_a_server_refuses_is_one_line_not_a_skip(tmp_path, postgres_url, capsys):
+    """A server answered and refused the role: said in one line with the password hidden, never recorded
+    as 'no server answered' (the PostgreSQL rows silently skipped)."""
+    url = "postgresql://nosuchrole:hunter2@127.0.0.1:5432/test"
+    r = run_main("bench", "--quick", "--only", "storage", "--out", "b", "--postgres", url, cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "--postgres postgresql://nosuchrole:***@", 'role "nosuchrole" does not exist')
+    assert "hunter2" not in r.stderr + r.stdout

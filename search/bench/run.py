@@ -106,6 +106,8 @@ def run_bench(
             result["seconds"] = round(time.perf_counter() - t0, 1)
             report["sections"][name] = result
             log(f"{name}: {result['measured']}")
+            for note in result.get("notes", []):  # a skipped part is said here too, not only in bench.md
+                log(f"  note: {note}")
             report["total_s"] = round(time.perf_counter() - start, 1)
             write_report(out, report)  # each finished section is kept, whatever a later one does
     return report

@@ -166,8 +166,11 @@ def scratch_postgres(admin_url: str) -> Iterator[str | None]:
     dsn = postgres_dsn(admin_url)
     try:
         conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
-    except psycopg.OperationalError:
-        yield None
+    except psycopg.OperationalError as exc:
+        if "FATAL" in str(exc) or "authentication" in str(exc):  # a server answered and refused these credentials
+            reason = scrub(str(exc).strip().splitlines()[-1], admin_url)
+            raise BoneAgeError(f"--postgres {redact(admin_url)}: {reason}") from None
+        yield None  # no server there: the PostgreSQL rows are skipped, and said
         return
     except psycopg.Error as exc:  # anything else the driver refuses; its text may quote the password
         raise BoneAgeError(f"--postgres {redact(admin_url)}: {scrub(str(exc), admin_url)}") from None

@@ -54,9 +54,7 @@ NUMBER = re.compile(r"^[-+−]?\d")  # a cell that starts with a number: never w
 PLOT_CONFIG = {
     "displaylogo": False,
     "showSendToCloud": False,
-    "showEditInChartStudio": False,
-    "showLink": False,
-    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"],
+    "modeBarButtonsToRemove": ["sendDataToCloud"],
 }
 
 

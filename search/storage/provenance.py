@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import platform
 import shlex
 import subprocess
@@ -56,8 +57,16 @@ def git_commit(repo: Path) -> str | None:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command as a user would type it again, passwords hidden."""
-    return shlex.join(["python", "-m", "search", *redact_argv(argv)])
+    """The command as a user would type it again, passwords hidden; a word holding bytes that are no
+    UTF-8 (a path, held with surrogates) in bash's $'...' quoting, so it can still be pasted."""
+    return " ".join(_shell_word(w) for w in ["python", "-m", "search", *redact_argv(argv)])
+
+
+def _shell_word(word: str) -> str:
+    if not any("\udc80" <= c <= "\udcff" for c in word):
+        return shlex.quote(word)
+    raw = os.fsencode(word)
+    return "$'" + "".join(chr(b) if 32 <= b < 127 and chr(b) not in "'\\" else f"\\x{b:02x}" for b in raw) + "'"
 
 
 def provenance(argv: list[str], device: str, fingerprint: str | None, **extra: Any) -> dict[str, Any]:

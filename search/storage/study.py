@@ -274,7 +274,7 @@ def check_sqlite_file(path: Path, url: str, must_hold_study: bool) -> None:
             raise BoneAgeError(f"{where} is a SQLite database of something else (tables {shown}); choose another file")
         if must_hold_study:
             raise BoneAgeError(f"the study storage {where} holds no study yet (a database without tables)")
-    elif missing := OPTUNA_TABLES - tables - {"alembic_version"}:
+    elif missing := OPTUNA_TABLES - tables:
         raise BoneAgeError(
             f"the study storage {where} is damaged: it lacks the table(s) {', '.join(sorted(missing))}; restore a copy"
         )
@@ -325,6 +325,7 @@ def load_existing_study(
     """A study that must already exist (status, report, baseline, retrain): a missing storage or study
     is one line naming the command that makes it, and no file or directory is created for it.
     read_only for commands that only read."""
+    check_url(url, create=False)  # a URL no command can use is said as such, not as a storage to create
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise BoneAgeError(f"no study storage at {path}: create the study with `{run_hint}`, or pass --storage")

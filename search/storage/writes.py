@@ -15,12 +15,17 @@ from boneage_core.files import private_tmp, written_into_place
 
 
 def write_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode(errors="surrogateescape"))  # a path of non-UTF-8 bytes, as is
+    write_bytes_atomic(path, text.encode(errors="backslashreplace"))  # a non-UTF-8 path byte as \udcff: valid UTF-8
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with written_into_place(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with written_into_place(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:  # a failed write() names no file: this one is named, for the one-line error
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def finite(x: Any) -> Any:
