@@ -33,6 +33,13 @@ window.addEventListener("load", () => setTimeout(() => {
       .map(t => [t.textContent.trim(), t.getBoundingClientRect()])
       .filter(([, b]) => b.width > 0 && b.height > 0);
     out.texts += boxes.length;
+    const bar = fig.querySelector(".modebar"), title = fig.querySelector(".gtitle");
+    if (bar && title) {  // the mode bar's buttons sit over the title's end where both are wide
+      const a = bar.getBoundingClientRect(), b = title.getBoundingClientRect();
+      const dx = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const dy = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (dx > 1 && dy > 1) out.overlaps.push([fig.id, "mode bar", title.textContent.trim()]);
+    }
     for (let i = 0; i < boxes.length; i++) {
       for (let j = i + 1; j < boxes.length; j++) {
         const [ta, a] = boxes[i], [tb, b] = boxes[j];

@@ -363,8 +363,11 @@ def test_set_overrides_reach_the_spec(tmp_path):
     assert spec.space["lr"].high == 0.05 and spec.data.source == "/d"
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.2], ids=["parsing", "importing"])
-@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+@pytest.mark.parametrize(
+    "sig,code,said,delay",
+    [("SIGTERM", 143, "terminated (SIGTERM)", 0.3), ("SIGINT", 130, "interrupted", 1.2)],
+    ids=["sigterm-parsing", "ctrl-c-importing"],
+)
 def test_a_signal_while_the_command_still_starts_is_one_line_and_its_exit_code(tmp_path, sig, code, said, delay):
     """Before the command runs (Python starting, arguments parsed, torch imported: seconds), Ctrl-C
     and SIGTERM end it as they do later: one line, 130 or 143, no traceback."""

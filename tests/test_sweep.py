@@ -4,6 +4,7 @@ named in one line, what cannot be honoured is refused before the first trial, me
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 
@@ -131,12 +132,12 @@ def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, 
         return real(self, data)
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", third_fails)
-    r = run_main("retrain", "--study", str(study), "--seeds", "3", "--quiet", cwd=tmp_path, capsys=capsys)
+    r = run_main("retrain", "--study", str(study), "--seeds", "2", "--tta", "--quiet", cwd=tmp_path, capsys=capsys)
     monkeypatch.undo()
     assert r.returncode == 1 and "No space left on device" in r.stderr.strip().splitlines()[-1], r.stderr
     assert _snapshot(results) == before  # no temporary left, no file of the new set swapped in
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)  # the stored result, written out
-    assert len([p for p in results.glob("predictions_*")]) == 6
+    assert json.loads((results / "retrain.json").read_text())["tta"] is True  # the new one
 
     # a new study of the same name (the old file deleted): its report never shows the old final test
     (tmp_path / "studies" / "tiny.db").unlink()
@@ -146,7 +147,7 @@ def test_a_retrain_that_stops_keeps_the_previous_results_whole(tmp_path, study, 
     assert f"does not write again to results/tiny/{aside.name}/" in r.stdout
     assert not (results / "retrain.json").exists() and not list(results.glob("predictions_*"))
     assert not (results / "bland_altman.html").exists() and (aside / "bland_altman.html").is_file()
-    assert (aside / "retrain.json").is_file() and len(list(aside.glob("predictions_*"))) == 6
+    assert (aside / "retrain.json").is_file() and len(list(aside.glob("predictions_*"))) == 4
     assert "Final test" not in (results / "summary.md").read_text()
 
 

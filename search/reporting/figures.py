@@ -96,7 +96,9 @@ FIGURES = {
 
 
 def _style(fig, title: str, x_title: str | None = None, y_title: str | None = None):
-    fig.update_layout(template="plotly_white", title=title, margin=dict(l=80, r=30, t=60, b=60))
+    title = wrap(title, 52)  # two lines rather than one under the mode bar at the right of an 800 px page
+    top = 60 if "<br>" not in title else 84
+    fig.update_layout(template="plotly_white", title=title, margin=dict(l=80, r=30, t=top, b=60))
     if x_title is not None:
         fig.update_xaxes(title=x_title)
     if y_title is not None:
