@@ -289,7 +289,7 @@ def test_baseline_is_recorded_in_the_study_and_shown_by_status(tmp_path, study, 
     states = [t.state.name.lower() for t in load(tmp_path).get_trials()]
     counted = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned") if states.count(s))
     assert f"study tiny: 2 trials: {counted} (target 2 finished" in status
-    assert f"baseline: val MAE {base.val_mae_months:.2f} months, mean of 3 seed(s)" in status
+    assert f"baseline: val MAE {base.val_mae_months:.2f} months, mean of 3 seeds" in status
     assert f"({', '.join(f'{v:.2f}' for v in per_seed)}; SD " in status
     assert "best: trial" in status
     cli("baseline", "--seeds", "1", "--quiet")
