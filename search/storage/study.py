@@ -258,16 +258,13 @@ def check_sqlite_file(path: Path, url: str, must_hold_study: bool) -> None:
         uri = f"file:{path.resolve()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_LOCK_WAIT_S)) as db:
             tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise BoneAgeError(storage_fault(exc, url) or f"the study storage {where} cannot be read ({exc})") from None
-        raise BoneAgeError(
-            f"the study storage {where} has been locked by another process for {SQLITE_LOCK_WAIT_S:g} s (a "
-            "transaction held open; a search's own writes take milliseconds): try again once it ends"
-        ) from None
-    except sqlite3.DatabaseError as exc:
-        lasting = storage_fault(exc, url)
-        raise BoneAgeError(lasting or f"the study storage {where} cannot be read ({exc})") from None
+    except sqlite3.DatabaseError as exc:  # OperationalError ('locked') among them
+        if "locked" in str(exc):
+            raise BoneAgeError(
+                f"the study storage {where} has been locked by another process for {SQLITE_LOCK_WAIT_S:g} s (a "
+                "transaction held open; a search's own writes take milliseconds): try again once it ends"
+            ) from None
+        raise BoneAgeError(storage_fault(exc, url) or f"the study storage {where} cannot be read ({exc})") from None
     if not tables & OPTUNA_TABLES:
         if tables:  # another program's database: never written into
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
