@@ -198,3 +198,81 @@ def linear_correction(pred_months: np.ndarray, true_months: np.ndarray) -> dict[
 
 def apply_correction(pred_months: np.ndarray, correction: dict[str, float]) -> np.ndarray:
     return correction["slope"] * np.asarray(pred_months, np.float64) + correction["intercept"]
+
+
+def probability_of_improvement(
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    true_months: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """P(A better than B): the probability that a model trained with a new seed of recipe A has a lower
+    test MAE than one trained with a new seed of recipe B, each (seeds, images) on the same images.
+
+    The estimate is the Mann-Whitney statistic over every pair of seeds (ties count half), as rliable's
+    probability_of_improvement; its CI is a two-stage bootstrap like the paired difference's: each
+    draw resamples the seeds of each recipe on its own and one set of test images for both, and
+    counts the pairs again. With 3 seeds a side the estimate rests on 9 pairs, so it moves in steps of
+    1/18; the CI says how far it can be trusted."""
+    err_a, err_b = _abs_errors(pred_a, true_months), _abs_errors(pred_b, true_months)
+    if err_a.shape[1] != err_b.shape[1]:
+        raise ValueError("both recipes must be scored on the same images")
+    p = float(_pairs_better(err_a.mean(axis=1)[None], err_b.mean(axis=1)[None])[0])
+    rng = np.random.default_rng(seed)
+    n = err_a.shape[1]
+    images = rng.integers(0, n, size=(n_boot, n))
+    draws = np.empty(n_boot)
+    for i in range(n_boot):  # per draw: seeds of each side resampled, the same images for both
+        sa = rng.integers(0, err_a.shape[0], size=err_a.shape[0])
+        sb = rng.integers(0, err_b.shape[0], size=err_b.shape[0])
+        mae_a = err_a[sa][:, images[i]].mean(axis=1)
+        mae_b = err_b[sb][:, images[i]].mean(axis=1)
+        draws[i] = _pairs_better(mae_a[None], mae_b[None])[0]
+    lo, hi = _percentiles(draws, level)
+    return {"p": p, "ci_low": lo, "ci_high": hi}
+
+
+def _pairs_better(mae_a: np.ndarray, mae_b: np.ndarray) -> np.ndarray:
+    """Per row, the share of (a, b) seed pairs with a's MAE below b's, ties counted half: (rows, seeds)."""
+    a, b = mae_a[:, :, None], mae_b[:, None, :]
+    return ((a < b).mean(axis=(1, 2)) + 0.5 * (a == b).mean(axis=(1, 2))).astype(np.float64)
+
+
+def resolvable_difference(
+    pred_a: np.ndarray, pred_b: np.ndarray, true_months: np.ndarray, seeds: int, level: float = 0.95
+) -> float:
+    """The smallest difference of MAEs a paired comparison with `seeds` seeds a side can call, from
+    the spread measured here: the half-width of its CI, z x sqrt(sd_a^2/S + sd_b^2/S + v/n), where
+    sd_a and sd_b are the SDs of the per-seed test MAEs (what a new seed changes) and v the variance
+    over the n images of the seed-averaged paired difference of absolute errors (what a new test set
+    changes). A true difference smaller than this is likely to end as 'no significant difference'.
+    Needs 2 or more seeds a side (one seed measures no seed spread)."""
+    err_a, err_b = _abs_errors(pred_a, true_months), _abs_errors(pred_b, true_months)
+    if min(err_a.shape[0], err_b.shape[0]) < 2:
+        raise ValueError("the seed spread needs 2 or more seeds a side")
+    if seeds < 1:
+        raise ValueError(f"seeds must be 1 or more, got {seeds}")
+    sd_a, sd_b = err_a.mean(axis=1).std(ddof=1), err_b.mean(axis=1).std(ddof=1)
+    per_image = err_a.mean(axis=0) - err_b.mean(axis=0)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return float(z * np.sqrt((sd_a**2 + sd_b**2) / seeds + per_image.var(ddof=1) / len(per_image)))
+
+
+def expected_best(values: np.ndarray, n_max: int | None = None) -> dict[str, np.ndarray]:
+    """Dodge et al. 2019 ("Show your work"): the expected lowest value, and its SD, among n
+    configurations drawn at random with replacement from the ones observed, for n = 1 .. n_max
+    (default: as many as observed). With the values sorted from worst to best, v_(1) >= .. >= v_(N),
+    P(min of n = v_(i)) = (i/N)^n - ((i-1)/N)^n. It reads the trials as a random search would have
+    met them: a tuner whose later trials learn from earlier ones should beat it."""
+    v = np.sort(np.asarray(values, dtype=np.float64))[::-1]  # worst first
+    if v.ndim != 1 or len(v) == 0 or not np.all(np.isfinite(v)):
+        raise ValueError("expected_best needs a non-empty 1-D array of finite values")
+    n_total = len(v)
+    ns = np.arange(1, (n_max or n_total) + 1)
+    i = np.arange(1, n_total + 1)
+    probs = (i[None, :] / n_total) ** ns[:, None] - ((i[None, :] - 1) / n_total) ** ns[:, None]
+    mean = probs @ v
+    var = np.maximum(probs @ v**2 - mean**2, 0.0)
+    return {"n": ns, "mean": mean, "sd": np.sqrt(var)}
