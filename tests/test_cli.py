@@ -108,6 +108,8 @@ BAD_ARGS = [
     ("trials negative", ["run", "--trials", "-3"], "--trials"),
     ("trials not a number", ["run", "--trials", "many"], "--trials", "'many'"),
     ("baseline seeds zero", ["baseline", "--seeds", "0"], "--seeds", "at least 1"),
+    ("reselect one candidate", ["retrain", "--reselect", "1"], "--reselect", "2 or more candidates"),
+    ("reselect seeds zero", ["retrain", "--reselect", "2", "--reselect-seeds", "0"], "--reselect-seeds", "at least 1"),
     ("unknown study", ["run", "--study", "nosuch"], "unknown study 'nosuch'"),
     ("unknown key", ["run", "--set", "train.learning_rate=0.1"], "train.learning_rate"),
     ("unknown section", ["run", "--set", "trian.lr=0.1"], "trian.lr"),

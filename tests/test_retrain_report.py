@@ -23,7 +23,8 @@ from boneage_core import BoneAgeError
 from boneage_core.config import DataSettings, TrainConfig
 from boneage_core.dataset import prepare
 from boneage_core.metrics import apply_correction, bootstrap_ci, linear_correction, paired_mae_difference, verdict
-from search.engine.retrain import Candidate, Recipes, bias_corrections, recipes
+from search.engine.plan import Planned, Recipes, recipes
+from search.engine.retrain import bias_corrections
 from search.reporting.figures import FIGURES
 from search.storage.results import load_baseline, load_retrain
 from search.storage.trials import trial_data
@@ -358,7 +359,7 @@ def test_top_k_beyond_the_distinct_configurations_and_stale_corrections_are_one_
 
 def test_bias_correction_needs_the_trials_val_predictions():
     cfg = TrainConfig()
-    member = Candidate(rank=1, trial=3, val_mae_months=9.0, params={}, config=cfg, val_pred_months=None)
+    member = Planned(rank=1, trial=3, val_mae_months=9.0, params={}, config=cfg, val_pred_months=None)
     plan = Recipes({"best": cfg, "baseline": cfg}, 3, {"best": {}, "baseline": {}}, {}, [member])
     with pytest.raises(BoneAgeError, match="trial 3 recorded no val prediction"):
         bias_corrections(plan, np.arange(5.0))

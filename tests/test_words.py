@@ -10,7 +10,7 @@ import pytest
 from search.reporting.document import plural, to_markdown
 from search.reporting.summary import _provenance_section
 from search.reporting.words import budget_words, comparison_sentence, percent
-from search.storage.results import Comparison, Difference
+from search.storage.results import Comparison, Difference, Improvement
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,8 @@ def _retrain(best_cfg, base_cfg, members=None):
 
 WORSE = Comparison(
     10.91, 9.0, 12.8, 1.0, seeds_a=3, seeds_b=3, n_boot=4000, verdict="worse",
-    ensembles=Difference(10.0, 8.0, 12.0, 1.0),
+    ensembles=Difference(10.0, 8.0, 12.0, 1.0), improvement=Improvement(0.0, 0.0, 0.11),
+    resolvable_months={"3": 1.9, "5": 1.5, "10": 1.1},
 )
 
 
@@ -46,6 +47,7 @@ def test_a_verdict_between_two_budgets_says_so_in_its_own_sentence():
     sentence = comparison_sentence(r, "best", "baseline", WORSE)
     assert sentence.startswith("the best recipe is worse than the baseline (trained for different budgets: 2 against")
     assert "+10.91 months" in sentence and "not better in 100.0% of resamples" in sentence
+    assert "P(improvement) 0.00, 95% CI 0.00 to 0.11)" in sentence
     same = _retrain({"epochs": 5, "image_size": 64}, {"epochs": 5, "image_size": 64})
     assert budget_words(same, "best", "baseline") == ""
     members = [SimpleNamespace(config={"epochs": e, "image_size": s}) for e, s in ((5, 64), (3, 64), (5, 128))]

@@ -121,6 +121,8 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         argv=argv,
         top_k=args.top_k,
         bias_correction=args.bias_correction,
+        reselect_k=args.reselect,
+        reselect_seeds=args.reselect_seeds,
     )
     _rewrite_note(study, ref)
     print("\n".join(retrain_lines(out)))

@@ -16,18 +16,15 @@ image and seed are written as CSV, so any metric can be recomputed later.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from boneage_core import BoneAgeError
-from boneage_core.config import RUNTIME_FIELDS, TrainConfig, settings_from
+from boneage_core.config import TrainConfig
 from boneage_core.dataset import Split, SplitsBySize
 from boneage_core.errors import cannot_write
 from boneage_core.metrics import (
@@ -37,19 +34,21 @@ from boneage_core.metrics import (
     linear_correction,
     paired_mae_difference,
     paired_seed_aware_difference,
+    probability_of_improvement,
     regression_metrics,
-    seed_aware_mae,
+    resolvable_difference,
     summarize_seeds,
     verdict,
 )
 from boneage_core.train import FitResult, fit, predict_months
 from search.config.specs import StudySpec
+from search.engine.plan import Recipes, checkpoint_key, mae_estimate, recipes, reordered, reselect, top_trials
 from search.storage.provenance import device_description, provenance, record_command
 from search.storage.results import (
     Comparison,
     Correction,
     Difference,
-    MaeEstimate,
+    Improvement,
     Member,
     RecipeScore,
     RetrainResult,
@@ -58,9 +57,9 @@ from search.storage.results import (
     to_json,
     write_files,
 )
-from search.storage.settings import check_settings, config_changes, study_settings
+from search.storage.settings import check_settings, study_settings
 from search.storage.study import attach_files
-from search.storage.trials import CONFIG_ATTR, VAL_PREDICTIONS_ATTR, record_skipped, trial_data
+from search.storage.trials import record_skipped
 from search.storage.truth import StudyRef
 
 # Every recipe retrain can score, in the order every table and figure lists them
@@ -78,110 +77,6 @@ COMPARED = (
 )
 
 
-@dataclasses.dataclass
-class Candidate:
-    """One of the top-k configurations to train: its rank, trial, val MAE, params and config."""
-
-    rank: int  # 1 is the best trial
-    trial: int
-    val_mae_months: float
-    params: dict[str, Any]
-    config: TrainConfig
-    val_pred_months: list[float] | None  # the trial's own val predictions
-
-    @property
-    def name(self) -> str:
-        """Its name in files: 'best' for the best trial, as ever, then 'top2', 'top3', ..."""
-        return "best" if self.rank == 1 else f"top{self.rank}"
-
-
-@dataclasses.dataclass
-class Recipes:
-    """What retrain trains: each recipe's config, and how it departs from the study's record."""
-
-    configs: dict[str, TrainConfig]
-    best_trial: int
-    overrides: dict[str, dict[str, list[Any]]]  # {recipe: {field: [recorded, used]}} from --set
-    baseline_modified: dict[str, list[Any]]  # retrain's --set baseline.* against the study's baseline
-    members: list[Candidate] = dataclasses.field(default_factory=list)  # top-k, best first
-
-
-def top_trials(study: optuna.Study, k: int, run_hint: str = "python -m search run") -> list[optuna.trial.FrozenTrial]:
-    """The k best completed trials with distinct parameters, best first (the study's best trial leads;
-    a configuration drawn twice counts once, by its better value)."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not done:
-        raise BoneAgeError(f"study '{study.study_name}' has no completed trial yet: run `{run_hint}` first")
-    best = study.best_trial
-    ranked = [best] + sorted((t for t in done if t.number != best.number), key=lambda t: (t.value, t.number))
-    distinct: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in ranked:
-        distinct.setdefault(json.dumps(t.params, sort_keys=True), t)
-    if len(distinct) < k:
-        raise BoneAgeError(
-            f"--top-k {k}: study '{study.study_name}' has {len(distinct)} completed trial(s) with distinct "
-            f"parameters; ask for {len(distinct)} or fewer, or run more trials"
-        )
-    return list(distinct.values())[:k]
-
-
-def _trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
-    """The config a trial recorded as it trained, read back as a TrainConfig; runtime fields (device) are
-    this command's."""
-    recorded = trial_data(trial, CONFIG_ATTR)
-    if recorded is None:
-        raise BoneAgeError(f"trial {trial.number} recorded no config: it was not run by `python -m search run`")
-    runtime = {k: getattr(spec.train, k) for k in RUNTIME_FIELDS}  # where this command runs, not where it did
-    return settings_from(TrainConfig, {**recorded, **runtime}, f"trial {trial.number}'s recorded config")
-
-
-def recipes(
-    study: optuna.Study,
-    spec: StudySpec,
-    train_overrides: dict[str, Any],
-    baseline_overrides: dict[str, Any] | None = None,
-    top_k: int = 1,
-    run_hint: str = "python -m search run",
-) -> Recipes:
-    """The best trial's config as that trial recorded it, the next top_k - 1 distinct
-    configurations alike, and the study's baseline. --set train.* changes the tuned recipes (the best
-    and the ensemble's members) only and --set baseline.* the baseline only; runtime fields (device)
-    apply to all. spec is the study's own (search.storage.truth). Every change is returned, to be recorded and
-    shown."""
-    trials = top_trials(study, top_k, run_hint)
-    members = []
-    for rank, t in enumerate(trials, start=1):
-        cfg = settings_from(TrainConfig, train_overrides, "train", _trial_config(t, spec))
-        val_pred = trial_data(t, VAL_PREDICTIONS_ATTR)
-        members.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, val_pred))
-    best = _trial_config(trials[0], spec)
-    runtime = {k: v for k, v in train_overrides.items() if k in RUNTIME_FIELDS}
-    seed_used = settings_from(TrainConfig, {**runtime, **(baseline_overrides or {})}, "baseline", spec.baseline)
-    changed = config_changes(spec.baseline, seed_used)
-    return Recipes(
-        configs={"best": members[0].config, "baseline": seed_used},
-        best_trial=trials[0].number,
-        overrides={"best": config_changes(best, members[0].config), "baseline": changed},
-        baseline_modified=changed,
-        members=members,
-    )
-
-
-def checkpoint_key(cfg: TrainConfig, fingerprint: str, trained: Split, scored: Split) -> str:
-    """Everything that decides a checkpoint's weights and what it is scored on, hashed: a change to any
-    makes a new checkpoint file, so no stale model is ever loaded."""
-    h = hashlib.sha256()
-    config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-    h.update(json.dumps({"config": config, "data": fingerprint}, sort_keys=True).encode())
-    for split in (trained, scored):
-        h.update(("|".join(map(str, split.ids)) + "\n").encode(errors="surrogateescape"))
-    return h.hexdigest()[:12]
-
-
-def _mae(preds: np.ndarray, test: Split) -> MaeEstimate:
-    return MaeEstimate(**seed_aware_mae(preds, test.age_months))
-
-
 def recipe_score(preds: np.ndarray, test: Split, **what: Any) -> RecipeScore:
     """One recipe's test figures from its (seeds, images) predictions: every metric as mean and SD over
     seeds, the MAE's two-stage bootstrap CI (seeds, then images), and the seed ensemble (the average of
@@ -191,7 +86,7 @@ def recipe_score(preds: np.ndarray, test: Split, **what: Any) -> RecipeScore:
     ensemble = preds.mean(axis=0)
     ens_abs = np.abs(ensemble - test.age_months)
     return RecipeScore(
-        mae=_mae(preds, test),
+        mae=mae_estimate(preds, test),
         mae_per_seed=[m["mae_months"] for m in per_seed],
         metrics_mean=over_seeds["mean"],
         metrics_sd=over_seeds["sd"],
@@ -291,7 +186,7 @@ def _tuned_models(
                 val_mae_months=m.val_mae_months,
                 params=m.params,
                 config=m.config.to_dict(),
-                mae=_mae(preds[m.name], test),
+                mae=mae_estimate(preds[m.name], test),
                 mae_per_seed=np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
                 wall_time_s=round(time.perf_counter() - start, 1),
                 pred_months=np.round(preds[m.name], 3).tolist(),
@@ -330,23 +225,38 @@ def retrain(
     argv: list[str] | None = None,
     top_k: int = 1,
     bias_correction: bool = False,
+    reselect_k: int = 0,
+    reselect_seeds: int = 3,
 ) -> RetrainResult:
     """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
     study's baseline (changed only by baseline_overrides), K seeds each, on the study's data. spec is
     the study's own (search.storage.truth). bias_correction adds each tuned model corrected by a line fitted on
-    its trials' val predictions. The command (argv) is recorded in the study before training; the
-    result is stored in the study (search.storage.results), the only copy every view reads; the prediction files
-    and retrain.json in results/<study>/ are copies, attached to the study as artifacts."""
+    its trials' val predictions. reselect_k > 1 first retrains the reselect_k best distinct
+    configurations on train with reselect_seeds fresh seeds each, scored on val, and carries the lowest
+    seed-mean val MAE to the final test as the best (search.engine.plan.reselect). The command (argv)
+    is recorded in the study before training; the result is stored in the study
+    (search.storage.results), the only copy every view reads; the prediction files and retrain.json
+    in results/<study>/ are copies, attached to the study as artifacts."""
     data = SplitsBySize(spec.data, quiet, splits=("train", "val", "test"))
     check_settings(study, study_settings(spec, data.fingerprint()), store=False)
-    plan = recipes(study, spec, train_overrides or {}, baseline_overrides, top_k, ref.hint("run"))
+    asked = "--reselect" if reselect_k > top_k else "--top-k"
+    candidates = top_trials(study, max(top_k, reselect_k), ref.hint("run"), asked)
+    overrides = train_overrides or {}
+    plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates)  # every candidate checked
     val_months = data.split(spec.train.image_size, "val").age_months
     corrections = bias_corrections(plan, val_months) if bias_correction else {}
-    command = provenance(argv or [], device_description(spec.train.device), data.fingerprint())
+    device = device_description(spec.train.device)
+    command = provenance(argv or [], device, data.fingerprint())
     record_command(study, command)
     record_skipped(study, data.skipped())
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
+    chosen = None
+    if reselect_k > 1:
+        chosen = reselect(plan, reselect_k, reselect_seeds, data, ckpt_dir, quiet, device)
+        candidates = reordered(candidates, chosen)
+    plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates[:top_k])
+    corrections = bias_corrections(plan, val_months) if bias_correction else {}
     preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)
     start = time.perf_counter()
     baseline = _train_seeds(
@@ -370,7 +280,7 @@ def retrain(
         else:
             what["trials"] = [m.trial for m in members] if name.startswith("ensemble") else [plan.best_trial]
         if len(tta_preds.get(name, [])):
-            what["tta_flip"] = _mae(tta_preds[name], test)
+            what["tta_flip"] = mae_estimate(tta_preds[name], test)
         if name == "best":
             what["wall_time_s"] = members[0].wall_time_s
         elif name == "ensemble":  # every member's training, the best's included
@@ -379,7 +289,7 @@ def retrain(
             what["wall_time_s"] = seed_wall
             without = baseline.without_bn_reestimation
             if len(without):  # the baseline evaluated exactly as the original project did
-                what["without_bn_reestimation"] = _mae(without, test)
+                what["without_bn_reestimation"] = mae_estimate(without, test)
         scores[name] = recipe_score(preds[name], test, **what)
     result = RetrainResult(
         study=spec.name,
@@ -404,6 +314,7 @@ def retrain(
         bias_correction=corrections,
         command=command,
         best_minus_baseline_tta_flip=comparison(tta_preds["best"], tta_preds["baseline"], test) if tta else None,
+        reselection=chosen,
     )
     result = from_json(RetrainResult, to_json(result))  # as every reader will see it: NaN as None
     store(study, result)
@@ -427,9 +338,26 @@ def _output_dirs(out_dir: Path, ckpt_dir: Path) -> tuple[Path, Path]:
     return out_dir, ckpt_dir
 
 
-def comparison(best: np.ndarray, baseline: np.ndarray, test: Split) -> Comparison:
-    """A minus B on the same test images: the seed-aware paired difference and its verdict, and,
-    labelled apart, the difference of the two seed ensembles (a CI over images only)."""
-    d = paired_seed_aware_difference(best, baseline, test.age_months)
-    ens = paired_mae_difference(np.abs(best.mean(0) - test.age_months), np.abs(baseline.mean(0) - test.age_months))
-    return Comparison(**d, verdict=verdict(d), ensembles=Difference(**ens))
+# Seeds a side for which the report states the smallest difference a comparison resolves
+RESOLVED_AT = (3, 5, 10)
+
+
+def comparison(a: np.ndarray, b: np.ndarray, test: Split) -> Comparison:
+    """A minus B on the same test images: the seed-aware paired difference and its verdict,
+    P(improvement), the difference 3, 5 and 10 seeds a side (and the seeds used) would resolve from
+    the spread measured, and, labelled apart, the difference of the two seed ensembles (a CI over
+    images only)."""
+    true = test.age_months
+    d = paired_seed_aware_difference(a, b, true)
+    ens = paired_mae_difference(np.abs(a.mean(0) - true), np.abs(b.mean(0) - true))
+    resolvable = None
+    if min(len(a), len(b)) > 1:
+        at = sorted({*RESOLVED_AT, min(len(a), len(b))})
+        resolvable = {str(k): round(resolvable_difference(a, b, true, k), 3) for k in at}
+    return Comparison(
+        **d,
+        verdict=verdict(d),
+        ensembles=Difference(**ens),
+        improvement=Improvement(**probability_of_improvement(a, b, true)),
+        resolvable_months=resolvable,
+    )

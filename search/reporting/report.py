@@ -22,7 +22,14 @@ from search.reporting.document import Heading, code, para, plural, to_markdown
 from search.reporting.figures import FIGURES, recipe_name, search_figures, test_figures
 from search.reporting.page import figure_page, index_page
 from search.reporting.summary import summary_blocks, test_section, val_section, verdict_block
-from search.reporting.words import comparison_sentence, format_params, format_seeds, pm, val_comparison
+from search.reporting.words import (
+    comparison_sentence,
+    format_params,
+    format_seeds,
+    pm,
+    reselection_line,
+    val_comparison,
+)
 from search.storage.provenance import command_line, recorded_commands
 from search.storage.results import (
     BaselineResult,
@@ -69,7 +76,9 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
             f"{pm(r['baseline'].mae.mean, r['baseline'].mae.sd)} months; "
             f"{comparison_sentence(retrained, 'best', 'baseline', d)}"
         )
-        if done and study.best_trial.number != retrained.best_trial:
+        if retrained.reselection:
+            lines.append(f"  {reselection_line(retrained)}")
+        if done and study.best_trial.number != retrained.searched_best:
             lines.append(
                 f"  the final test scored trial {retrained.best_trial}; the search has since found trial "
                 f"{study.best_trial.number}: {ref.hint('retrain')} tests it"

@@ -18,7 +18,7 @@ from search.reporting.words import (
     pm,
     recipe_label,
 )
-from search.storage.results import RetrainResult
+from search.storage.results import Comparison, RetrainResult
 from search.storage.settings import describe_changes, plain
 
 
@@ -43,8 +43,7 @@ def verdict_block(s: dict[str, Any]) -> Block:
         return para(
             bold("Verdict"),
             f" (final test, {plural(r.seeds, 'seed')} per recipe): "
-            f"{comparison_sentence(r, 'best', 'baseline', r.best_minus_baseline)}."
-            + stale_words(s),
+            f"{comparison_sentence(r, 'best', 'baseline', r.best_minus_baseline)}." + stale_words(s),
         )
     return para("No final test yet: ", code(s["hint"]), " gives the verdict.")
 
@@ -52,7 +51,7 @@ def verdict_block(s: dict[str, Any]) -> Block:
 def stale_words(s: dict[str, Any]) -> str:
     """Where the search found a better trial after the final test: which trial the test scored."""
     best = s.get("best", {}).get("trial")
-    if s["test"] is None or best is None or best == s["test"].best_trial:
+    if s["test"] is None or best is None or best == s["test"].searched_best:
         return ""
     return (
         f" The final test scored trial {s['test'].best_trial}; the search has since found trial {best}: "
@@ -101,11 +100,48 @@ def test_section(r: RetrainResult) -> list[Block]:
     )
     header = ["recipe", "MAE (months)", "95% CI", "MAE per seed", "RMSE", "bias", "R²", "within 6 / 12 mo (%)"]
     return [
+        *reselection_blocks(r),
         Heading(2, "Final test (retrained on train+val)"),
         intro,
         table(header, _recipe_rows(r)),
         *_comparison_notes(r),
         *_group_table(r),
+    ]
+
+
+def reselection_blocks(r: RetrainResult) -> list[Block]:
+    """retrain --reselect: each candidate's seed mean on val, and whether the single-seed pick changed."""
+    c = r.reselection
+    if c is None:
+        return []
+    seeds = ", ".join(map(str, c.seeds))
+    if c.changed:
+        outcome = f"The choice changed: trial {c.chosen} replaces the single-seed pick, trial {c.single_seed_pick}."
+    else:
+        outcome = f"The single-seed pick, trial {c.single_seed_pick}, kept its place."
+    header = ["trial", "search rank", "val MAE, search (one seed)", "val MAE, seed mean ± SD", "95% CI", "per seed"]
+    rows = [
+        [
+            f"{x.trial} (chosen)" if x.trial == c.chosen else str(x.trial),
+            str(x.search_rank),
+            f"{x.val_mae_months:.2f}",
+            pm(x.val.mean, x.val.sd),
+            f"{x.val.ci_low:.2f} to {x.val.ci_high:.2f}",
+            format_seeds(x.val_mae_per_seed),
+        ]
+        for x in c.candidates
+    ]
+    return [
+        Heading(2, "Final choice through the seed noise (validation split)"),
+        para(
+            f"The search's pick is the lowest of many single-seed val MAEs, so it is biased low and partly luck. "
+            f"The {len(c.candidates)} best distinct configurations were each trained on the train split with "
+            f"{plural(len(c.seeds), 'fresh seed')} ({seeds}; the trials' own seed left out) and scored on val only, "
+            f"the test images untouched; the lowest seed-mean val MAE goes to the final test. {outcome} "
+            f"This cost {c.wall_time_s:.0f} s on {c.device}. The CI is a two-stage bootstrap over seeds, then "
+            "val images."
+        ),
+        table(header, rows),
     ]
 
 
@@ -136,9 +172,13 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
     blocks: list[Block] = [
         para(
             f"Best minus {seed}, paired on the same images with each recipe's seeds resampled: "
-            f"{comparison_sentence(r, 'best', 'baseline', d)}."
+            f"{comparison_sentence(r, 'best', 'baseline', d)}. P(improvement) is the probability that a model "
+            "trained with a new seed of the best recipe has a lower test MAE than one of the "
+            f"{seed}: the share of seed pairs where it does, with a bootstrap CI over seeds and images."
         )
     ]
+    if d.resolvable_months:
+        blocks.append(para(seeds_needed(r, d)))
     ens, e = d.ensembles, {k: v.seed_ensemble for k, v in r.recipes.items()}
     if r.seeds > 1:
         blocks.append(
@@ -175,6 +215,18 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
     if r.overrides.get("best"):
         blocks.append(para(f"Best recipe changed for this retrain: {describe_changes(r.overrides['best'])}."))
     return blocks
+
+
+def seeds_needed(r: RetrainResult, d: Comparison) -> str:
+    """How small a difference the verdict's seeds can resolve, and what more seeds would."""
+    here = d.resolvable_months[str(r.seeds)]
+    more = ", ".join(f"{k} seeds {v:.2f}" for k, v in d.resolvable_months.items() if int(k) != r.seeds)
+    return (
+        f"Seeds needed: from the spread measured here (each recipe's SD over seeds and the images' spread), "
+        f"{r.seeds} seeds a recipe resolve a difference of about {here:.2f} months (the 95% CI's half-width); "
+        f"{more}. A true difference smaller than that is likely to read as no significant difference; "
+        "`retrain --seeds K` trains more (the seeds already trained are read from their checkpoints)."
+    )
 
 
 def _ensemble_notes(r: RetrainResult) -> list[Block]:

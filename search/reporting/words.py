@@ -40,9 +40,11 @@ def verdict_sentence(
 ) -> str:
     """The paired comparison (what minus against) in one sentence whose words follow its CI; budget
     (budget_words) says, in the same sentence, where the two were trained for different budgets."""
+    i = d.improvement
     numbers = (
         f"{d.mae_diff_months:+.2f} months (95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}; "
-        f"not better in {percent(d.p_a_not_better)} of resamples)"
+        f"not better in {percent(d.p_a_not_better)} of resamples; P(improvement) {i.p:.2f}, "
+        f"95% CI {i.ci_low:.2f} to {i.ci_high:.2f})"
     )
     v = d.verdict
     if v == "better":
@@ -161,10 +163,25 @@ def recipe_line(name: str, out: RetrainResult) -> str:
     )
 
 
+def reselection_line(r: RetrainResult) -> str | None:
+    """retrain --reselect in one line: the choice, whether it changed the single-seed pick, each candidate."""
+    c = r.reselection
+    if c is None:
+        return None
+    chosen = next(x for x in c.candidates if x.trial == c.chosen)
+    how = f"instead of the single-seed pick, trial {c.single_seed_pick}" if c.changed else "the single-seed pick kept"
+    each = "; ".join(f"trial {x.trial} {pm(x.val.mean, x.val.sd)}" for x in c.candidates)
+    return (
+        f"noise-aware choice: trial {c.chosen}, val MAE {pm(chosen.val.mean, chosen.val.sd)} months over "
+        f"{len(c.seeds)} fresh seeds, {how} (candidates on val: {each}; {c.wall_time_s:.0f} s)"
+    )
+
+
 def retrain_lines(out: RetrainResult) -> list[str]:
-    """What retrain prints: each recipe, the baseline as the original project evaluated it, the verdict, then the
-    ensemble's and the bias corrections' comparisons."""
-    lines = [recipe_line(n, out) for n in out.recipes]
+    """What retrain prints: the noise-aware choice, each recipe, the baseline as the original project
+    evaluated it, the verdict, then the ensemble's and the bias corrections' comparisons."""
+    chosen = reselection_line(out)
+    lines = ([chosen] if chosen else []) + [recipe_line(n, out) for n in out.recipes]
     without_bn = out.recipes["baseline"].without_bn_reestimation
     if without_bn is not None:
         lines.append(

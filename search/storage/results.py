@@ -54,15 +54,28 @@ class Difference:
 
 
 @dataclass(frozen=True)
+class Improvement:
+    """P(improvement): the probability that a new seed of A has a lower test MAE than a new seed of B,
+    over every pair of seeds, with its two-stage bootstrap CI (boneage_core.metrics)."""
+
+    p: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
 class Comparison(Difference):
-    """A paired, seed-aware comparison, its verdict in one word, and the two seed ensembles' difference
-    (a CI over images only), labelled apart."""
+    """A paired, seed-aware comparison, its verdict in one word, P(improvement), the smallest difference
+    a number of seeds resolves (None with one seed a side), and the two seed ensembles' difference (a
+    CI over images only), labelled apart."""
 
     seeds_a: int
     seeds_b: int
     n_boot: int
     verdict: str  # better | worse | no significant difference | undetermined
     ensembles: Difference
+    improvement: Improvement
+    resolvable_months: dict[str, float] | None  # {seeds a side: the CI's half-width}, from the spread measured
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,37 @@ class Correction:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One configuration of the noise-aware final choice: its single-seed val MAE from the search and
+    the same configuration trained on the train split with fresh seeds, scored on val."""
+
+    trial: int
+    search_rank: int  # its place by the search's single-seed val MAE, 1 the study's best trial
+    val_mae_months: float  # the search's, one seed
+    params: dict[str, Any]
+    val: MaeEstimate  # over the fresh seeds: mean, SD, two-stage CI (seeds, then val images)
+    val_mae_per_seed: list[float]
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class Reselection:
+    """retrain --reselect: the K best distinct configurations, each trained on train with S fresh
+    seeds and scored on val only; the lowest seed-mean val MAE goes to the final test."""
+
+    seeds: list[int]  # the seeds trained (the trials' own seed left out)
+    candidates: list[Candidate]  # in the search's order
+    chosen: int  # the trial carried to the final test
+    single_seed_pick: int  # the study's best trial
+    wall_time_s: float
+    device: str
+
+    @property
+    def changed(self) -> bool:
+        return self.chosen != self.single_seed_pick
+
+
+@dataclass(frozen=True)
 class RetrainResult:
     """What retrain measured: every recipe on the same test images, K seeds each, and every comparison."""
 
@@ -138,6 +182,12 @@ class RetrainResult:
     bias_correction: dict[str, Correction]
     command: dict[str, Any]
     best_minus_baseline_tta_flip: Comparison | None = None
+    reselection: Reselection | None = None
+
+    @property
+    def searched_best(self) -> int:
+        """The study's best trial when this retrain ran (the single-seed pick, whichever went to test)."""
+        return self.reselection.single_seed_pick if self.reselection else self.best_trial
 
     @property
     def n_test(self) -> int:
