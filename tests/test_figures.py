@@ -20,6 +20,8 @@ def test_log_ticks_are_1_2_5_times_a_power_of_ten_written_out():
     assert text == ["0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01"]
     assert log_ticks([1e-4, 1e-2], most=4)[1] == ["0.0001", "0.001", "0.01"]  # thinned to powers of ten
     assert log_ticks([0.0013, 0.0085], most=3, inside=True)[1] == ["0.002", "0.005"]
+    # too narrow for two of 1, 2, 5 x 10^k (12.5 to 16.1 holds none): round steps inside the range
+    assert log_ticks([12.5, 16.1]) == ([13, 14, 15, 16], ["13", "14", "15", "16"])
 
 
 @pytest.mark.parametrize("value,text", [(-0.04, "+0.0"), (-0.06, "-0.1"), (2.25, "+2.2"), (-21.44, "-21.4")])

@@ -354,6 +354,7 @@ def comparison(a: np.ndarray, b: np.ndarray, test: Split) -> Comparison:
     if min(len(a), len(b)) > 1:
         at = sorted({*RESOLVED_AT, min(len(a), len(b))})
         resolvable = {str(k): round(resolvable_difference(a, b, true, k), 3) for k in at}
+        resolvable["unlimited"] = round(resolvable_difference(a, b, true, 10**9), 3)  # the test images' spread alone
     return Comparison(
         **d,
         verdict=verdict(d),

@@ -54,7 +54,9 @@ def plain(value: float) -> str:
 def log_ticks(values: Iterable[float], most: int = 8, inside: bool = False) -> tuple[list[float], list[str]]:
     """Tick values and their text for a log axis over values: 1, 2 and 5 x 10^k inside the data's range
     (and one step beyond each end, unless `inside`), thinned to 1 x 10^k when there would be more than
-    `most` (or to every other one, where no power of ten is left)."""
+    `most` (or to every other one, where no power of ten is left). A range too narrow to hold two of
+    them (12 to 16 months) gets round linear steps inside it instead: ticks outside the drawn range
+    would leave the axis bare."""
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     if not finite:
         return [], []
@@ -62,6 +64,9 @@ def log_ticks(values: Iterable[float], most: int = 8, inside: bool = False) -> t
     ticks = []
     for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
         ticks += [m * 10.0**k for m in (1, 2, 5)]
+    if hi > lo and sum(lo <= t <= hi for t in ticks) < 2:
+        steps = [t for t in linear_ticks(lo, hi, 5) if lo <= t <= hi]
+        return steps, [plain(t) if t == round(t) else f"{t:g}" for t in steps]
     below = lo if inside else max([t for t in ticks if t <= lo], default=lo)
     above = hi if inside else min([t for t in ticks if t >= hi], default=hi)
     kept = [t for t in ticks if below * (1 - 1e-9) <= t <= above * (1 + 1e-9)]

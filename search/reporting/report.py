@@ -18,6 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from boneage_core.phantom import NOISE_FLOOR_MAE_MONTHS
+from search.reporting.budget import budget_curve, budget_figure
 from search.reporting.document import Heading, code, para, plural, to_markdown
 from search.reporting.figures import FIGURES, recipe_name, search_figures, test_figures
 from search.reporting.page import figure_page, index_page
@@ -168,6 +169,10 @@ def write_report(
     if retrained:
         written += write_files(retrained, out_dir)  # retrain.json and the predictions, wherever the report is
     figs = {**search_figures(study, baseline), **(test_figures(retrained) if retrained else {})}
+    curve = budget_curve(study)
+    if curve:
+        figs["expected_best"] = budget_figure(curve, baseline)
+    figs = {name: figs[name] for name in FIGURES if name in figs}  # the page's order
     png_missing, pages = _write_figures(out_dir, study.study_name, figs)
     summary = summary_dict(study, ref, png_missing, argv)
     write_json(out_dir / "summary.json", summary_json(summary))
@@ -254,12 +259,14 @@ def summary_dict(
         "noise_floor_val_mae_months": NOISE_FLOOR_MAE_MONTHS
         if settings.get("data", {}).get("source") == "phantom"
         else None,
+        "budget": budget_curve(study),
         "settings": settings,
         "skipped_images": study.user_attrs.get(SKIPPED_ATTR, {}),
         "commands": recorded_commands(study),
         "report_command": command_line(argv) if argv is not None else None,
         "png": "written" if png_missing is None else f"not written: {png_missing}",
     }
+    out["compute"] = compute(out)
     if complete:
         out["best"] = {
             "trial": study.best_trial.number,
@@ -269,6 +276,27 @@ def summary_dict(
         if out["baseline"]:
             out["best"]["vs_baseline_val"] = val_comparison(study.best_value, out["baseline"].val_mae_per_seed)
     return out
+
+
+def compute(s: dict[str, Any]) -> dict[str, Any]:
+    """What the study's results cost in wall time, step by step and in all, and where each step ran:
+    the search (the trials' training), the baseline on val, the noise-aware choice, the final test."""
+    devices: dict[str, list[str]] = {}
+    for c in s["commands"]:
+        verb = c["argv"][0] if c.get("argv") else "command"
+        if c.get("device") and c["device"] not in devices.setdefault(verb, []):
+            devices[verb].append(c["device"])
+    steps = {
+        "search_s": s["search_wall_time_s"],
+        "baseline_val_s": s["baseline"].wall_time_s if s["baseline"] else None,
+    }
+    r = s["test"]
+    if r:
+        steps["reselection_s"] = r.reselection.wall_time_s if r.reselection else None
+        trained = [m.wall_time_s for m in r.members] + [r.recipes["baseline"].wall_time_s or 0.0]
+        steps["final_test_s"] = round(sum(trained), 1)
+    total = round(sum(v for v in steps.values() if v is not None), 1)
+    return {**steps, "total_s": total, "epochs_searched": s["epochs_trained"], "devices": devices}
 
 
 def summary_json(s: dict[str, Any]) -> dict[str, Any]:

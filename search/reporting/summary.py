@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.reporting.budget import expected_best_words
 from search.reporting.document import Block, Heading, bold, bullets, code, para, plural, table
 from search.reporting.figures import GROUPS, recipe_name
 from search.reporting.words import (
@@ -86,6 +87,8 @@ def val_section(s: dict[str, Any]) -> list[Block]:
                     "below does."
                 )
             )
+    if s.get("budget"):
+        blocks.append(para(expected_best_words(s["budget"])))
     return blocks
 
 
@@ -98,7 +101,17 @@ def test_section(r: RetrainResult) -> list[Block]:
         "for every recipe: batch-norm statistics re-estimated on un-augmented training images, no "
         "test-time augmentation."
     )
-    header = ["recipe", "MAE (months)", "95% CI", "MAE per seed", "RMSE", "bias", "R²", "within 6 / 12 mo (%)"]
+    header = [
+        "recipe",
+        "MAE (months)",
+        "95% CI",
+        "MAE per seed",
+        "RMSE",
+        "bias",
+        "R²",
+        "within 6 / 12 mo (%)",
+        "training (s)",
+    ]
     return [
         *reselection_blocks(r),
         Heading(2, "Final test (retrained on train+val)"),
@@ -161,9 +174,19 @@ def _recipe_rows(r: RetrainResult) -> list[list[str]]:
                 pm(m["r2"], sd["r2"], 3),
                 f"{pm(m['within_6_months_pct'], sd['within_6_months_pct'], 0)} / "
                 f"{pm(m['within_12_months_pct'], sd['within_12_months_pct'], 0)}",
+                _training_time(name, r),
             ]
         )
     return rows
+
+
+def _training_time(name: str, r: RetrainResult) -> str:
+    """A recipe's training wall time over its seeds: the ensemble's is its members' (the best's among
+    them); a bias correction trains nothing beyond the models it corrects."""
+    if name.endswith("_corrected"):
+        return f"as the {recipe_name(name.removesuffix('_corrected'), r)}"
+    seconds = r.recipes[name].wall_time_s
+    return "n/a" if seconds is None else f"{seconds:.0f}"
 
 
 def _comparison_notes(r: RetrainResult) -> list[Block]:
@@ -220,7 +243,11 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
 def seeds_needed(r: RetrainResult, d: Comparison) -> str:
     """How small a difference the verdict's seeds can resolve, and what more seeds would."""
     here = d.resolvable_months[str(r.seeds)]
-    more = ", ".join(f"{k} seeds {v:.2f}" for k, v in d.resolvable_months.items() if int(k) != r.seeds)
+    counts = {k: v for k, v in d.resolvable_months.items() if k.isdigit() and int(k) != r.seeds}
+    more = ", ".join(f"{k} seeds {v:.2f}" for k, v in counts.items())
+    floor = d.resolvable_months.get("unlimited")
+    if floor is not None:
+        more += f"; unlimited seeds {floor:.2f} (the test images' own spread: below it only more test images help)"
     return (
         f"Seeds needed: from the spread measured here (each recipe's SD over seeds and the images' spread), "
         f"{r.seeds} seeds a recipe resolve a difference of about {here:.2f} months (the 95% CI's half-width); "
@@ -326,6 +353,8 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
     times = [f"training inside trials {s['search_wall_time_s'] / 60:.1f} min"]
     if s["baseline"]:
         times.append(f"baseline on val {s['baseline'].wall_time_s:.0f} s")
+    if s["test"] and s["test"].reselection:
+        times.append(f"noise-aware choice {s['test'].reselection.wall_time_s:.0f} s")
     if s["test"]:
         r = s["test"]
         for n, e in r.recipes.items():
@@ -336,4 +365,9 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
                 times.append(f"retrain {recipe_name(n, r)} {e.wall_time_s:.0f} s (its {members}, the best's included)")
             else:
                 times.append(f"retrain {recipe_name(n, r)} {e.wall_time_s:.0f} s")
-    return [*blocks, para("Wall times: " + ", ".join(times) + ".")]
+    c = s.get("compute")
+    where = ""
+    if c and c["devices"]:
+        where = "; on " + "; ".join(f"{', '.join(d)} ({verb})" for verb, d in c["devices"].items())
+    total = f" In all {c['total_s'] / 60:.1f} min of training{where}." if c else ""
+    return [*blocks, para("Wall times: " + ", ".join(times) + "." + total)]

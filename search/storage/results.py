@@ -75,7 +75,7 @@ class Comparison(Difference):
     verdict: str  # better | worse | no significant difference | undetermined
     ensembles: Difference
     improvement: Improvement
-    resolvable_months: dict[str, float] | None  # {seeds a side: the CI's half-width}, from the spread measured
+    resolvable_months: dict[str, float] | None  # {seeds a side, or 'unlimited': the CI's half-width}, as measured
 
 
 @dataclass(frozen=True)
