@@ -103,3 +103,33 @@ def test_resolvable_difference_agrees_with_the_bootstrap_ci_it_predicts():
     d = paired_seed_aware_difference(a, b, true, n_boot=2000)
     half = (d["ci_high"] - d["ci_low"]) / 2
     assert resolvable_difference(a, b, true, seeds=40) == pytest.approx(half, rel=0.25)
+
+
+def test_the_budget_curve_counts_a_pruned_trial_at_its_last_value_and_follows_the_trial_order():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.reporting.budget import budget_curve, expected_best_words
+
+    study = optuna.create_study()
+    dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    made = [  # (state, value, intermediate values, epochs, seconds)
+        (TrialState.COMPLETE, 12.0, {1: 20.0, 2: 12.0}, 2, 30.0),
+        (TrialState.PRUNED, None, {1: 25.0}, 1, 10.0),
+        (TrialState.COMPLETE, 9.0, {1: 15.0, 2: 9.0}, 2, 40.0),
+        (TrialState.FAIL, None, {}, 0, 5.0),  # a failed trial found nothing and is left out
+    ]
+    for state, value, steps, epochs, wall in made:
+        study.add_trial(
+            create_trial(
+                state=state, value=value, params={"lr": 1e-3}, distributions=dist, intermediate_values=steps,
+                user_attrs={"epochs_run": epochs, "wall_time_s": wall},
+            )
+        )  # fmt: skip
+    c = budget_curve(study)
+    assert c["trials"] == 3 and c["observed_best"] == [12.0, 12.0, 9.0]
+    assert c["observed_epochs"] == [2, 3, 5] and c["observed_wall_s"] == [30.0, 40.0, 80.0]
+    assert c["epochs_per_trial"] == pytest.approx(5 / 3)
+    assert c["expected_best"] == pytest.approx(list(expected_best(np.array([12.0, 25.0, 9.0]))["mean"]), abs=1e-3)
+    assert "3 trials (5 epochs) 10.37 ± " in expected_best_words(c)  # (19 x 9 + 7 x 12 + 25) / 27
