@@ -133,3 +133,32 @@ def test_the_budget_curve_counts_a_pruned_trial_at_its_last_value_and_follows_th
     assert c["epochs_per_trial"] == pytest.approx(5 / 3)
     assert c["expected_best"] == pytest.approx(list(expected_best(np.array([12.0, 25.0, 9.0]))["mean"]), abs=1e-3)
     assert "3 trials (5 epochs) 10.37 ± " in expected_best_words(c)  # (19 x 9 + 7 x 12 + 25) / 27
+
+
+def test_the_search_benchmark_meets_a_claim_only_where_its_interval_over_sampler_seeds_supports_it():
+    from search.bench.search_efficiency import claims, curves, t_interval
+
+    def run(seed, epochs, best, trials=3):
+        return {
+            "sampler_seed": seed, "trials": trials, "pruned": 0, "failed": 0, "epochs": epochs, "best_val_mae": best,
+            "wall_s": 1.0, "epochs_per_trial": 5, "curve_epochs": [5, 10, 15][:trials],
+            "curve_best": [best + 2, best + 1, best][:trials], "complete_values": [best + 2, best + 1, best][:trials],
+        }  # fmt: skip
+
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert (mean, hi - mean) == (2.0, pytest.approx(stats.t.ppf(0.975, 2) * 1 / np.sqrt(3)))
+    clear = {
+        "tpe_pruned": [run(0, 5, 9.0), run(1, 6, 9.1), run(2, 5, 9.05)],
+        "tpe_unpruned": [run(0, 15, 9.0), run(1, 15, 9.2), run(2, 15, 9.1)],
+        "random_equal_epochs": [run(0, 5, 10.0, 1), run(1, 5, 10.2, 1), run(2, 5, 10.1, 1)],
+    }
+    figures, met, words = claims(clear)
+    assert met and figures["claims_met"] == {"epochs_saved": True, "within_5pct": True, "beats_random": True}
+    assert "TPE + pruning lower" in words and "over 3 sampler seeds" in words
+    # one seed where random search wins by far: the mean still favours TPE, the interval does not
+    noisy = {**clear, "random_equal_epochs": [run(0, 5, 10.0, 1), run(1, 5, 7.0, 1), run(2, 5, 10.1, 1)]}
+    figures, met, words = claims(noisy)
+    assert not met and figures["claims_met"]["beats_random"] is False and "no significant difference" in words
+    c = curves(clear)
+    assert c["tpe_unpruned"]["mean"][14] == pytest.approx(9.1) and c["tpe_unpruned"]["low"][14] == 9.0
+    assert c["random_expected"]["epochs"] == [5, 10, 15]  # Dodge over the random arm's 3 pooled trials

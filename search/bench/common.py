@@ -18,6 +18,7 @@ class Sizes:
     overhead_pairs: int = 3
     overhead_override: tuple[str, ...] = ()
     search_trials: int = 30
+    search_seeds: tuple[int, ...] = (0, 1, 2)  # sampler seeds, each arm run once per seed
     search_override: tuple[str, ...] = ()
     storage_trials: int = 200
     cpu_trials: int = 40
@@ -34,6 +35,7 @@ class Sizes:
             overhead_pairs=1,
             overhead_override=(*small, "train.batch_size=16"),
             search_trials=2,
+            search_seeds=(0, 1),
             search_override=(
                 *(*small, "space.batch_size.choices=[16, 32]", "train.epochs=2"),  # 42 training images
                 *("pruner.n_startup_trials=1", "sampler.n_startup_trials=2"),

@@ -96,6 +96,8 @@ def render_markdown(report: dict) -> str:
             lines += [f"Skipped: {s['skipped']}.", ""]
         for note in s["notes"]:
             lines.append(f"- {note}")
+        if s.get("files"):
+            lines += ["", "Curves: " + ", ".join(f"[{f}]({f})" for f in s["files"]) + " (beside this file)."]
         if s["figures"]:
             lines += ["", "| figure | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in s["figures"].items()]

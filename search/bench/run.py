@@ -2,7 +2,8 @@
 
 1. data path: the original project's PIL + DataLoader pipeline vs the decode-once cache + tensor augmentation
 2. training overhead: a fit() epoch on cached data vs forward/backward/step on tensors in memory
-3. search efficiency: pruning vs none, TPE + pruning vs random search at an equal epoch budget
+3. search efficiency: pruning vs none, TPE + pruning vs random search at an equal epoch budget, over
+   sampler seeds
 4. storage overhead: per-trial cost of SQLite and PostgreSQL, 1 and 2 workers
 5. GPU throughput: ResNet-50 training images/s at 224 and 512 px (only where CUDA is visible)
 
@@ -66,6 +67,7 @@ def run_bench(
     only: str | None = None,
     postgres: str = DEFAULT_POSTGRES_URL,
     search_trials: int | None = None,
+    search_seeds: int | None = None,
     log: Callable[[str], None] = tqdm.write,
     argv: list[str] | None = None,
 ) -> dict:
@@ -78,6 +80,8 @@ def run_bench(
     sizes = Sizes.quick() if quick else Sizes()
     if search_trials:
         sizes.search_trials = search_trials
+    if search_seeds:
+        sizes.search_seeds = tuple(range(search_seeds))
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,7 @@ def run_bench(
             work = Path(tmp) / name
             work.mkdir()
             try:
-                result = BENCHES[name](sizes=sizes, work=work, device=dev, quick=quick, postgres=postgres)
+                result = BENCHES[name](sizes=sizes, work=work, device=dev, quick=quick, postgres=postgres, out=out)
             finally:
                 torch.set_num_threads(threads)
             result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -209,6 +209,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     # a quick or partial run never overwrites the full figures in results/bench
     partial = args.only is not None
     out = args.out or ("results/bench-quick" if args.quick else "results/bench-partial" if partial else "results/bench")
-    report = run_bench(out, args.quick, args.device, args.only, args.postgres, args.search_trials, argv=argv)
+    report = run_bench(
+        out, args.quick, args.device, args.only, args.postgres, args.search_trials, args.search_seeds, argv=argv
+    )
     print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
     return 0

@@ -219,6 +219,9 @@ def _tool_parsers(sub) -> None:
     )
     bench.add_argument("--search-trials", type=positive_int, help="trials per search arm (default 30; quick 2)")
     bench.add_argument(
+        "--search-seeds", type=positive_int, help="sampler seeds per search arm, 0 .. N-1 (default 3; quick 2)"
+    )
+    bench.add_argument(
         "--postgres",
         default=DEFAULT_POSTGRES_URL,
         help="a PostgreSQL URL whose server may host a scratch database for the storage benchmark",
