@@ -31,7 +31,7 @@ def _retrain(best_cfg, base_cfg, members=None):
         "ensemble": SimpleNamespace(config=None, wall_time_s=488.0),
         "baseline": SimpleNamespace(config=base_cfg, wall_time_s=300.0),
     }
-    return SimpleNamespace(members=members, recipes=recipes, baseline_modified={}, top_k=len(members))
+    return SimpleNamespace(members=members, recipes=recipes, baseline_modified={}, top_k=len(members), reselection=None)
 
 
 WORSE = Comparison(

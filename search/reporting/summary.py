@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.reporting.axes import signed
 from search.reporting.budget import expected_best_words
 from search.reporting.document import Block, Heading, bold, bullets, code, para, plural, table
 from search.reporting.figures import GROUPS, recipe_name
@@ -208,8 +209,8 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
             para(
                 f"Seed ensembles (each recipe's {r.seeds} seed predictions averaged into one model, a different "
                 f"model from any single seed): best {e['best']['mae_months']:.2f}, {seed} "
-                f"{e['baseline']['mae_months']:.2f} months; difference {ens.mae_diff_months:+.2f} (95% CI over "
-                f"images {ens.ci_low:+.2f} to {ens.ci_high:+.2f})."
+                f"{e['baseline']['mae_months']:.2f} months; difference {signed(ens.mae_diff_months, 2)} (95% CI over "
+                f"images {signed(ens.ci_low, 2)} to {signed(ens.ci_high, 2)})."
             )
         )
     if r.best_minus_baseline_tta_flip is not None:

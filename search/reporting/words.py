@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from search.reporting.axes import signed
 from search.reporting.figures import recipe_name
 from search.storage.results import Comparison, RetrainResult
 from search.storage.settings import describe_changes
@@ -42,7 +43,7 @@ def verdict_sentence(
     (budget_words) says, in the same sentence, where the two were trained for different budgets."""
     i = d.improvement
     numbers = (
-        f"{d.mae_diff_months:+.2f} months (95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}; "
+        f"{signed(d.mae_diff_months, 2)} months (95% CI {signed(d.ci_low, 2)} to {signed(d.ci_high, 2)}; "
         f"not better in {percent(d.p_a_not_better)} of resamples; P(improvement) {i.p:.2f}, "
         f"95% CI {i.ci_low:.2f} to {i.ci_high:.2f})"
     )
@@ -119,7 +120,8 @@ def correction_lines(r: RetrainResult) -> list[str]:
     for name, c in r.bias_correction.items():
         lines.append(
             f"bias correction of the {recipe_name(name, r)}: corrected = {c.slope:.3f} x predicted "
-            f"{c.intercept:+.2f} months, fitted on the val predictions of {'trials' if len(c.trials) > 1 else 'trial'} "
+            f"{signed(c.intercept, 2)} months, fitted on the val predictions of "
+            f"{'trials' if len(c.trials) > 1 else 'trial'} "
             f"{', '.join(map(str, c.trials))} ({c.n} images none of them trained on)"
         )
     return lines
