@@ -202,7 +202,7 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
         )
     ]
     if d.resolvable_months:
-        blocks.append(para(seeds_needed(r, d)))
+        blocks.append(seeds_needed(r, d))
     ens, e = d.ensembles, {k: v.seed_ensemble for k, v in r.recipes.items()}
     if r.seeds > 1:
         blocks.append(
@@ -241,7 +241,7 @@ def _comparison_notes(r: RetrainResult) -> list[Block]:
     return blocks
 
 
-def seeds_needed(r: RetrainResult, d: Comparison) -> str:
+def seeds_needed(r: RetrainResult, d: Comparison) -> Block:
     """How small a difference the verdict's seeds can resolve, and what more seeds would."""
     here = d.resolvable_months[str(r.seeds)]
     counts = {k: v for k, v in d.resolvable_months.items() if k.isdigit() and int(k) != r.seeds}
@@ -249,11 +249,12 @@ def seeds_needed(r: RetrainResult, d: Comparison) -> str:
     floor = d.resolvable_months.get("unlimited")
     if floor is not None:
         more += f"; unlimited seeds {floor:.2f} (the test images' own spread: below it only more test images help)"
-    return (
+    return para(
         f"Seeds needed: from the spread measured here (each recipe's SD over seeds and the images' spread), "
         f"{r.seeds} seeds a recipe resolve a difference of about {here:.2f} months (the 95% CI's half-width); "
-        f"{more}. A true difference smaller than that is likely to read as no significant difference; "
-        "`retrain --seeds K` trains more (the seeds already trained are read from their checkpoints)."
+        f"{more}. A true difference smaller than that is likely to read as no significant difference; ",
+        code("retrain --seeds K"),
+        " trains more (the seeds already trained are read from their checkpoints).",
     )
 
 
@@ -369,6 +370,10 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
     c = s.get("compute")
     where = ""
     if c and c["devices"]:
-        where = "; on " + "; ".join(f"{', '.join(d)} ({verb})" for verb, d in c["devices"].items())
+        verbs: dict[str, list[str]] = {}
+        for verb, devices in c["devices"].items():
+            for device in devices:
+                verbs.setdefault(device, []).append(verb)
+        where = "; on " + "; ".join(f"{device} ({', '.join(v)})" for device, v in verbs.items())
     total = f" In all {c['total_s'] / 60:.1f} min of training{where}." if c else ""
     return [*blocks, para("Wall times: " + ", ".join(times) + "." + total)]
