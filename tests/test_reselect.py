@@ -62,7 +62,6 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
     for x in c.candidates:
         assert x.val.mean == pytest.approx(np.mean(x.val_mae_per_seed)) and x.val.seeds == 2
         assert x.val.ci_low <= x.val.mean <= x.val.ci_high and x.val_mae_months == s.trials[x.trial].value
-    assert c.candidates[0].val.mean > 40  # the exaggerated miss
     assert c.changed and c.chosen == second.number == out.best_trial == out.members[0].trial
     assert f"noise-aware choice: trial {second.number}" in r.stdout
     assert f"instead of the single-seed pick, trial {first.number}" in r.stdout
@@ -90,7 +89,8 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
     assert f"| {second.number} (chosen) |" in md and f"| best (trial {second.number}) |" in md
     summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
     assert summary["test"]["reselection"]["chosen"] == second.number
-    assert summary["compute"]["reselection_s"] == c.wall_time_s
+    stored = load_retrain(load(tmp_path)).reselection  # the rerun's: it read every checkpoint
+    assert summary["compute"]["reselection_s"] == stored.wall_time_s
     status = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     assert "noise-aware choice" in status and "the search has since found" not in status
 

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from boneage_core.metrics import expected_best
-from search.reporting.figures import COLOURS, FIGURES, _log_y, _style
+from search.reporting.figures import COLOURS, FIGURES, log_y, style
 from search.storage.results import BaselineResult
 
 # trials after which the report states the expected best in words
@@ -108,10 +108,10 @@ def budget_figure(c: dict[str, Any], base: BaselineResult | None) -> Any:
                 line=dict(color=COLOURS["baseline"], dash="dot"), name=f"baseline: mean {base.val_mae_months:.2f}",
                 legendgroup="baseline", showlegend=first, row=1, col=col,
             )  # fmt: skip
-    _style(fig, FIGURES["expected_best"][0], None, None)
+    style(fig, FIGURES["expected_best"][0], None, None)
     fig.update_xaxes(title_text="epochs trained", row=1, col=1, rangemode="tozero")
     fig.update_xaxes(title_text="wall time (min)", row=1, col=2, rangemode="tozero")
     fig.update_yaxes(title_text="best val MAE (months, log scale)", row=1, col=1)
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
-    _log_y(fig)
+    log_y(fig)
     return fig

@@ -102,7 +102,7 @@ FIGURES = {
 }
 
 
-def _style(fig, title: str, x_title: str | None = None, y_title: str | None = None):
+def style(fig, title: str, x_title: str | None = None, y_title: str | None = None):
     title = wrap(title, 52)  # two lines rather than one under the mode bar at the right of an 800 px page
     top = 60 if "<br>" not in title else 84
     fig.update_layout(template="plotly_white", title=title, margin=dict(l=80, r=30, t=top, b=60))
@@ -113,7 +113,7 @@ def _style(fig, title: str, x_title: str | None = None, y_title: str | None = No
     return fig
 
 
-def _log_y(fig) -> None:
+def log_y(fig) -> None:
     """A log MAE axis with ticks at 1, 2, 5 x 10^k written out: plotly's own show '100' and tiny
     2..9 digits on a wide range, so a '5' at the top means 500."""
     values = [v for t in fig.data if t.y is not None for v in t.y if isinstance(v, int | float)]
@@ -138,7 +138,7 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
             trace.update(name="trial (one seed)", marker=dict(color=COLOURS["trials"], size=7))
         else:
             trace.update(name="best so far", line=dict(color=COLOURS["best"], width=2))
-    _style(fig, FIGURES["optimization_history"][0], "trial", "val MAE (months, log scale)")
+    style(fig, FIGURES["optimization_history"][0], "trial", "val MAE (months, log scale)")
     if base:
         per_seed = base.val_mae_per_seed
         x = [-0.5, len(study.get_trials(deepcopy=False)) - 0.5]
@@ -151,7 +151,7 @@ def history_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
             line=dict(dash="dash", color=COLOURS["baseline"]),
             name=f"baseline: mean {base.val_mae_months:.2f}",
         )
-    _log_y(fig)
+    log_y(fig)
     return fig
 
 
@@ -186,9 +186,9 @@ def pruning_figure(study: optuna.Study, base: BaselineResult | None) -> Any:
         x = list(range(1, epochs + 1))
         label = f"baseline: range of {plural(len(histories), 'seed')}"
         _seed_band(fig, x, list(per_epoch.min(0)), list(per_epoch.max(0)), label)
-    _style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
+    style(fig, FIGURES["intermediate_values"][0], "epoch", "val MAE (months, log scale)")
     fig.update_xaxes(dtick=1, tick0=1)
-    _log_y(fig)
+    log_y(fig)
     return fig
 
 
@@ -240,12 +240,12 @@ def search_figures(study: optuna.Study, base: BaselineResult | None) -> dict[str
     imp = vis.plot_param_importances(study, target_name=VAL)
     imp.update_traces(marker_color=COLOURS["accent"], textposition="outside", cliponaxis=False)
     imp.data[0].y = tuple(label(p) for p in imp.data[0].y)
-    _style(imp, FIGURES["param_importances"][0], "importance (share of val MAE variation)", "")
+    style(imp, FIGURES["param_importances"][0], "importance (share of val MAE variation)", "")
     imp.update_yaxes(automargin=True, ticksuffix="  ")
     par = parallel_figure(study, FIGURES["parallel_coordinate"][0])
     sl = vis.plot_slice(study, target_name=VAL)
     sl.layout.width = None  # Optuna sets 300 px per parameter: five overflow the page; the page's width instead
-    _style(sl, FIGURES["slice"][0])
+    style(sl, FIGURES["slice"][0])
     _readable_slices(sl)
     return {**figs, "param_importances": imp, "parallel_coordinate": par, "slice": sl}
 
@@ -285,7 +285,7 @@ def _scatter_figure(models: dict[str, tuple[str, np.ndarray]], true: np.ndarray,
         fig.add_scatter(x=true, y=p.mean(axis=0), mode="markers", name=shown, marker_color=COLOURS[name])
     hi = float(true.max()) * 1.05
     fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="perfect agreement", line=dict(color="gray", dash="dash"))
-    return _style(
+    return style(
         fig,
         f"{FIGURES['predicted_vs_true'][0]} (test, {len(true)} images, {which})",
         "true bone age (months)",
@@ -315,7 +315,7 @@ def _bland_altman_figure(models: dict[str, tuple[str, np.ndarray]], true: np.nda
             line=dict(color=colour, dash="dot"), legendgroup=name,
             name=f"{shown}: 95% limits {signed(bias - half)} to {signed(bias + half)}",
         )  # fmt: skip
-    return _style(
+    return style(
         fig,
         f"{FIGURES['bland_altman'][0]} (test, {which})",
         "mean of predicted and true (months)",
@@ -340,7 +340,7 @@ def _group_figure(retrained: RetrainResult) -> Any:
         )
     fig.update_layout(barmode="group")
     title = f"{FIGURES['mae_by_group'][0]} (mean over {plural(retrained.seeds, 'seed')}, ± SD)"
-    return _style(fig, title, "", "test MAE (months)")
+    return style(fig, title, "", "test MAE (months)")
 
 
 def _ci_figure(retrained: RetrainResult) -> Any:
@@ -363,4 +363,4 @@ def _ci_figure(retrained: RetrainResult) -> Any:
         )
     )
     title = f"{FIGURES['baseline_vs_best'][0]}: mean of {plural(retrained.seeds, 'seed')}, 95% CI over seeds and images"
-    return _style(fig, title, "", "test MAE (months)")
+    return style(fig, title, "", "test MAE (months)")
