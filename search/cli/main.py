@@ -153,6 +153,7 @@ def get_args_parser() -> Parser:
         "--seeds",
         type=positive_int,
         default=3,
+        metavar="K",
         help="seeds per recipe (default 3); the verdict needs 2 or more, since it resamples seeds. The report "
         "states the smallest difference K seeds resolve (and 5 or 10 would); a rerun with more seeds reads the "
         "seeds already trained from their checkpoints and trains only the new ones",
