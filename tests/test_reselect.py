@@ -14,6 +14,7 @@ import pytest
 import search.engine.plan as plan_module
 from boneage_core.dataset import SplitsBySize
 from search.engine.plan import _trial_config, checkpoint_key
+from search.reporting.words import format_params
 from search.storage.results import load_retrain
 from search.storage.trials import CONFIG_ATTR, trial_data
 from search.storage.truth import spec_from_study, study_ref
@@ -74,9 +75,9 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
     expected = set()
     for x in c.candidates:
         cfg = _trial_config(s.trials[x.trial], spec)
-        for j, k in enumerate(c.seeds):
+        for k in c.seeds:
             key = checkpoint_key(dataclasses.replace(cfg, seed=k), data.fingerprint(), train, val)
-            expected.add(f"reselect-trial{x.trial}-seed{j}-{key}.pt")
+            expected.add(f"reselect-trial{x.trial}-seed{k}-{key}.pt")
     ckpts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "tiny").glob("*.pt")}
     assert {n for n in ckpts if n.startswith("reselect-")} == expected
     main_ok(*argv, cwd=tmp_path, capsys=capsys)  # a rerun trains nothing again
@@ -85,7 +86,8 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
     main_ok("report", "--study", str(study), cwd=tmp_path, capsys=capsys)
     md = (tmp_path / "results" / "tiny" / "summary.md").read_text()
     assert "## Final choice through the seed noise (validation split)" in md
-    assert f"The choice changed: trial {second.number} replaces the single-seed pick, trial {first.number}." in md
+    chosen = f"The choice changed: trial {second.number} ({format_params(second.params)}) replaces the single-seed"
+    assert f"{chosen} pick, trial {first.number}." in md.replace("\n", " ")
     assert f"| {second.number} (chosen) |" in md and f"| best (trial {second.number}) |" in md
     summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
     assert summary["test"]["reselection"]["chosen"] == second.number
@@ -105,6 +107,7 @@ def test_a_kept_single_seed_pick_is_said_so():
         return Candidate(trial, rank, 9.0 + rank, {}, MaeEstimate(mean, 0.3, mean - 1, mean + 1, 3), [mean] * 3, 10.0)
 
     r = SimpleNamespace(
+        overrides={},
         reselection=Reselection([1, 2, 3], [cand(18, 1, 9.5), cand(0, 2, 9.9)], 18, 18, 20.0, "cpu (2 threads)")
     )
     text = "\n".join(to_markdown(reselection_blocks(r)))

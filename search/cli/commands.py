@@ -105,6 +105,8 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     from search.engine.retrain import retrain as run_retrain
     from search.reporting.words import retrain_lines
 
+    if args.reselect_seeds is not None and not args.reselect:
+        raise BoneAgeError("--reselect-seeds sets the seeds of --reselect K: give --reselect too, or drop it")
     ref = _ref(args)
     deliberate = [o for o in args.overrides if _is_recipe_override(o)]
     study, spec = open_existing(ref, [o for o in args.overrides if not _is_recipe_override(o)], args.data)
@@ -122,7 +124,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         top_k=args.top_k,
         bias_correction=args.bias_correction,
         reselect_k=args.reselect,
-        reselect_seeds=args.reselect_seeds,
+        reselect_seeds=args.reselect_seeds or 3,
     )
     _rewrite_note(study, ref)
     print("\n".join(retrain_lines(out)))

@@ -74,6 +74,13 @@ def candidates_int(text: str) -> int:
     return value
 
 
+def seeds_at_least_two(text: str) -> int:
+    value = whole_number(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a seed mean and its spread need 2 or more seeds, got {value}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """A seed as numpy and Optuna take it: a whole number in [0, 2^32)."""
     value = whole_number(text)
@@ -182,10 +189,9 @@ def get_args_parser() -> Parser:
     )
     rt.add_argument(
         "--reselect-seeds",
-        type=positive_int,
-        default=3,
+        type=seeds_at_least_two,
         metavar="S",
-        help="seeds per candidate of --reselect (default 3; the trials' own seed is left out)",
+        help="seeds per candidate of --reselect, 2 or more (default 3; the trials' own seed is left out)",
     )
     sub.add_parser(
         "report", parents=[common], help="results/<study>/index.html (the report, figures inline), summary.md and more"

@@ -151,14 +151,14 @@ def reselect(
         train, val = data.split(m.config.image_size, "train"), data.split(m.config.image_size, "val")
         preds = []
         for j in range(seeds):
-            c = dataclasses.replace(m.config, seed=m.config.seed + 1 + j)
+            c = dataclasses.replace(m.config, seed=m.config.seed + 1 + j)  # the file names the seed itself
             key = checkpoint_key(c, data.fingerprint(), train, val)
             shown = f"reselect trial {m.trial} ({m.rank}/{k}), seed {j + 1}/{seeds} ({len(train)} images, on val)"
             r = fit(
                 c,
                 train,
                 val,
-                checkpoint=ckpt_dir / f"reselect-trial{m.trial}-seed{j}-{key}.pt",
+                checkpoint=ckpt_dir / f"reselect-trial{m.trial}-seed{c.seed}-{key}.pt",
                 eval_each_epoch=False,
                 progress=None if quiet else shown,
             )

@@ -1,12 +1,14 @@
 """The best val MAE a study reaches against the budget spent (Dodge et al. 2019, "Show your work"): the
-expected best after n trials had they come in a random order, with its spread, beside the best the
-search really held after each trial, both against epochs trained and wall time.
+expected best after n configurations drawn at random (with replacement) from the study's trials,
+with its spread, beside the best the search really held after each trial, both against epochs
+trained and wall time.
 
 A finished trial counts at its val MAE: a complete one at its final value, a pruned one at the value
-it had when stopped (what the search knew of it). The expected curve reads the trials as a random
-search over the same configurations would have met them; a tuner whose later trials learn from the
-earlier ones should lie below it. For the spread of a tuner over its own sampler seeds, see
-results/bench/search-efficiency.
+it had when stopped (what the search knew of it). The expected curve is what a random search would
+expect to find, drawing n of these configurations at random; a tuner whose later trials learn from
+the earlier ones should lie below it. Drawn with replacement, it stays above the study's best even
+at n = N (the same configuration can be drawn twice), as Dodge's estimator does. For the spread of
+a tuner over its own sampler seeds, see results/bench/search-efficiency.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def expected_best_words(c: dict[str, Any]) -> str:
     ]
     own = [f"{c['observed_best'][n - 1]:.2f} after {n}" for n in at]
     return (
-        "Expected best val MAE against the budget (Dodge et al. 2019), had these trials come in a random order "
-        f"(mean ± SD over orders; a pruned trial counts at the MAE it had when stopped): {'; '.join(parts)} "
-        f"months. The search's own order held {', '.join(own)}."
+        "Expected best val MAE against the budget (Dodge et al. 2019): the best of n of these trials drawn at "
+        "random with replacement, as a random search over them would find it (mean ± SD; a pruned trial counts at "
+        f"the MAE it had when stopped): {'; '.join(parts)} months. The search, in its own order, held "
+        f"{', '.join(own)}."
     )
 
 
@@ -89,11 +92,11 @@ def budget_figure(c: dict[str, Any], base: BaselineResult | None) -> Any:
         fig.add_scatter(x=x, y=low.tolist(), showlegend=False, row=1, col=col, **edge)
         fig.add_scatter(
             x=x, y=(mean + sd).tolist(), fill="tonexty", fillcolor="rgba(153, 153, 153, 0.3)",
-            name="random order: ± 1 SD", showlegend=first, row=1, col=col, **edge,
+            name="random draws: ± 1 SD", showlegend=first, row=1, col=col, **edge,
         )  # fmt: skip
         fig.add_scatter(
             x=x, y=mean.tolist(), mode="lines", line=dict(color=COLOURS["trials"], width=2, dash="dash"),
-            name="random order: expected best", legendgroup="expected", showlegend=first, row=1, col=col,
+            name="random draws: expected best", legendgroup="expected", showlegend=first, row=1, col=col,
             hovertemplate=f"%{{x:.0f}} {unit}: %{{y:.2f}} months<extra></extra>",
         )  # fmt: skip
         xs = observed if observed is not None else [w / 60 for w in c["observed_wall_s"]]

@@ -62,9 +62,10 @@ FIGURES = {
     "expected_best": (
         "Best val MAE against the budget",
         "The best val MAE found against epochs trained (left) and wall time (right): blue, this search in "
-        "its own order; dashed grey, the expected best had the same trials come in a random order, with "
-        "± 1 SD over orders (Dodge et al. 2019). Blue below grey: the sampler found good trials sooner than "
-        "chance. A pruned trial counts at the MAE it had when stopped. Log scale.",
+        "its own order; dashed grey, the expected best of n of the same trials drawn at random with "
+        "replacement, ± 1 SD (Dodge et al. 2019): what a random search over them would expect. Blue below "
+        "grey: the sampler found good trials sooner than chance. A pruned trial counts at the MAE it had "
+        "when stopped. Log scale.",
     ),
     "param_importances": (
         "Which parameters mattered",

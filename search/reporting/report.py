@@ -25,6 +25,7 @@ from search.reporting.page import figure_page, index_page
 from search.reporting.summary import summary_blocks, test_section, val_section, verdict_block
 from search.reporting.words import (
     comparison_sentence,
+    duration,
     format_params,
     format_seeds,
     pm,
@@ -97,7 +98,7 @@ def status_text(study: optuna.Study, ref: StudyRef) -> str:
         lines.append(f"final test: not run yet ({ref.hint('retrain')})")
     spent = sum(float(t.user_attrs.get("wall_time_s", 0.0)) for t in trials)
     epochs = sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
-    lines.append(f"time spent training: {spent / 60:.1f} min over {plural(epochs, 'epoch')}")
+    lines.append(f"time spent training: {duration(spent)} over {plural(epochs, 'epoch')}")
     lines.append(f"settings: stored in the study in {redact(ref.url)}{_created_from(study)}")
     return "\n".join(lines)
 

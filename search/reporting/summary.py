@@ -15,6 +15,7 @@ from search.reporting.words import (
     comparison_lines,
     comparison_sentence,
     correction_lines,
+    duration,
     format_params,
     format_seeds,
     pm,
@@ -32,7 +33,7 @@ def summary_blocks(s: dict[str, Any]) -> list[Block]:
     blocks.append(
         para(
             f"Trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed{target}; "
-            f"{plural(s['epochs_trained'], 'epoch')} trained in {s['search_wall_time_s'] / 60:.1f} min."
+            f"{plural(s['epochs_trained'], 'epoch')} trained in {duration(s['search_wall_time_s'])}."
         )
     )
     blocks += val_section(s) + (test_section(s["test"]) if s["test"] else [])
@@ -129,10 +130,19 @@ def reselection_blocks(r: RetrainResult) -> list[Block]:
     if c is None:
         return []
     seeds = ", ".join(map(str, c.seeds))
+    chosen = next(x for x in c.candidates if x.trial == c.chosen)
     if c.changed:
-        outcome = f"The choice changed: trial {c.chosen} replaces the single-seed pick, trial {c.single_seed_pick}."
+        outcome = (
+            f"The choice changed: trial {c.chosen} ({format_params(chosen.params)}) replaces the single-seed "
+            f"pick, trial {c.single_seed_pick}."
+        )
     else:
         outcome = f"The single-seed pick, trial {c.single_seed_pick}, kept its place."
+    if r.overrides.get("best"):
+        outcome += (
+            f" The candidates trained with this retrain's change ({describe_changes(r.overrides['best'])}), so "
+            "their seed means are not the search's recipe: the two val columns differ by that change too."
+        )
     header = ["trial", "search rank", "val MAE, search (one seed)", "val MAE, seed mean ± SD", "95% CI", "per seed"]
     rows = [
         [
@@ -249,10 +259,12 @@ def seeds_needed(r: RetrainResult, d: Comparison) -> Block:
     floor = d.resolvable_months.get("unlimited")
     if floor is not None:
         more += f"; unlimited seeds {floor:.2f} (the test images' own spread: below it only more test images help)"
+    observed = (d.ci_high - d.ci_low) / 2
     return para(
-        f"Seeds needed: from the spread measured here (each recipe's SD over seeds and the images' spread), "
-        f"{r.seeds} seeds a recipe resolve a difference of about {here:.2f} months (the 95% CI's half-width); "
-        f"{more}. A true difference smaller than that is likely to read as no significant difference; ",
+        f"Seeds needed: from the spread measured here (each recipe's SD over seeds and the images' spread, in a "
+        f"normal approximation), {r.seeds} seeds a recipe resolve a difference of about {here:.2f} months (the "
+        f"95% CI's half-width; the bootstrap CI above is ± {observed:.2f}, wider where few seeds make the SDs "
+        f"rough); {more}. A true difference smaller than that is likely to read as no significant difference; ",
         code("retrain --seeds K"),
         " trains more (the seeds already trained are read from their checkpoints).",
     )
@@ -262,11 +274,12 @@ def _ensemble_notes(r: RetrainResult) -> list[Block]:
     """The top-k ensemble's members, the bias corrections, and every comparison they bring."""
     blocks: list[Block] = []
     if r.top_k > 1:
+        order = " (ranked in the noise-aware choice's order)" if r.reselection else ""
         blocks.append(
             para(
                 f"The top-{r.top_k} ensemble averages, for each seed k, the seed-k models of the {r.top_k} best "
                 "distinct configurations of the search, each retrained like the best; its CIs resample its seeds "
-                "(sets of models) and the test images like any recipe's. Its members:"
+                f"(sets of models) and the test images like any recipe's. Its members{order}:"
             )
         )
         header = ["rank", "trial", "val MAE (months, one seed)", "test MAE (months)", "parameters"]
@@ -352,7 +365,7 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
                 f"optuna {last['optuna']}, on {last['device']}."
             )
         )
-    times = [f"training inside trials {s['search_wall_time_s'] / 60:.1f} min"]
+    times = [f"training inside trials {duration(s['search_wall_time_s'])}"]
     if s["baseline"]:
         times.append(f"baseline on val {s['baseline'].wall_time_s:.0f} s")
     if s["test"] and s["test"].reselection:
@@ -375,5 +388,5 @@ def _provenance_section(s: dict[str, Any]) -> list[Block]:
             for device in devices:
                 verbs.setdefault(device, []).append(verb)
         where = "; on " + "; ".join(f"{device} ({', '.join(v)})" for device, v in verbs.items())
-    total = f" In all {c['total_s'] / 60:.1f} min of training{where}." if c else ""
+    total = f" In all {duration(c['total_s'])} of training{where}." if c else ""
     return [*blocks, para("Wall times: " + ", ".join(times) + "." + total)]

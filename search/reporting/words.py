@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from search.reporting.axes import signed
+from search.reporting.document import plural
 from search.reporting.figures import recipe_name
 from search.storage.results import Comparison, RetrainResult
 from search.storage.settings import describe_changes
@@ -25,6 +26,11 @@ def pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
     if sd is None or (isinstance(sd, float) and math.isnan(sd)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def duration(seconds: float) -> str:
+    """'45 s' under two minutes, else '12.3 min': never a '0.0 min' for a short run."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def percent(share: float) -> str:
@@ -175,7 +181,7 @@ def reselection_line(r: RetrainResult) -> str | None:
     each = "; ".join(f"trial {x.trial} {pm(x.val.mean, x.val.sd)}" for x in c.candidates)
     return (
         f"noise-aware choice: trial {c.chosen}, val MAE {pm(chosen.val.mean, chosen.val.sd)} months over "
-        f"{len(c.seeds)} fresh seeds, {how} (candidates on val: {each}; {c.wall_time_s:.0f} s)"
+        f"{plural(len(c.seeds), 'fresh seed')}, {how} (candidates on val: {each}; {c.wall_time_s:.0f} s)"
     )
 
 
