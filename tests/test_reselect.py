@@ -65,6 +65,7 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
         assert x.val.ci_low <= x.val.mean <= x.val.ci_high and x.val_mae_months == s.trials[x.trial].value
     assert c.changed and c.chosen == second.number == out.best_trial == out.members[0].trial
     assert f"noise-aware choice: trial {second.number}" in r.stdout
+    assert r.stdout.index("noise-aware choice") < r.stdout.index("test MAE")  # said when made, before the test
     assert f"instead of the single-seed pick, trial {first.number}" in r.stdout
 
     # scored on val: the four checkpoints are keyed by the train split trained and the val split scored

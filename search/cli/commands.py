@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from boneage_core import BoneAgeError
 from boneage_core.errors import cannot_write
@@ -103,7 +104,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
     and to the baseline), recorded and shown; every other setting must match the study's."""
     from search.config.specs import apply_overrides
     from search.engine.retrain import retrain as run_retrain
-    from search.reporting.words import retrain_lines
+    from search.reporting.words import reselection_line, retrain_lines
 
     if args.reselect_seeds is not None and not args.reselect:
         raise BoneAgeError("--reselect-seeds sets the seeds of --reselect K: give --reselect too, or drop it")
@@ -125,6 +126,7 @@ def retrain(args: argparse.Namespace, argv: list[str]) -> int:
         bias_correction=args.bias_correction,
         reselect_k=args.reselect,
         reselect_seeds=args.reselect_seeds or 3,
+        on_choice=lambda chosen: print(reselection_line(SimpleNamespace(reselection=chosen)), flush=True),
     )
     _rewrite_note(study, ref)
     print("\n".join(retrain_lines(out)))

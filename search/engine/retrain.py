@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from search.storage.results import (
     Improvement,
     Member,
     RecipeScore,
+    Reselection,
     RetrainResult,
     from_json,
     store,
@@ -227,6 +229,7 @@ def retrain(
     bias_correction: bool = False,
     reselect_k: int = 0,
     reselect_seeds: int = 3,
+    on_choice: Callable[[Reselection], None] | None = None,
 ) -> RetrainResult:
     """The tuned recipe (with top_k > 1: the k best distinct configurations, and their ensemble) and the
     study's baseline (changed only by baseline_overrides), K seeds each, on the study's data. spec is
@@ -255,6 +258,8 @@ def retrain(
     if reselect_k > 1:
         chosen = reselect(plan, reselect_k, reselect_seeds, data, ckpt_dir, quiet, device)
         candidates = reordered(candidates, chosen)
+        if on_choice is not None:  # said as soon as it is made, not only when the final test ends
+            on_choice(chosen)
     plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates[:top_k])
     corrections = bias_corrections(plan, val_months) if bias_correction else {}
     preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)

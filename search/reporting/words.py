@@ -186,10 +186,10 @@ def reselection_line(r: RetrainResult) -> str | None:
 
 
 def retrain_lines(out: RetrainResult) -> list[str]:
-    """What retrain prints: the noise-aware choice, each recipe, the baseline as the original project
-    evaluated it, the verdict, then the ensemble's and the bias corrections' comparisons."""
-    chosen = reselection_line(out)
-    lines = ([chosen] if chosen else []) + [recipe_line(n, out) for n in out.recipes]
+    """What retrain prints at its end (the noise-aware choice is printed as it is made): each recipe,
+    the baseline as the original project evaluated it, the verdict, then the ensemble's and the bias
+    corrections' comparisons."""
+    lines = [recipe_line(n, out) for n in out.recipes]
     without_bn = out.recipes["baseline"].without_bn_reestimation
     if without_bn is not None:
         lines.append(
