@@ -245,7 +245,7 @@ def retrain(
     asked = "--reselect" if reselect_k > top_k else "--top-k"
     candidates = top_trials(study, max(top_k, reselect_k), ref.hint("run"), asked)
     overrides = train_overrides or {}
-    plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates)  # every candidate checked
+    plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates)  # checked before anything trains
     val_months = data.split(spec.train.image_size, "val").age_months
     corrections = bias_corrections(plan, val_months) if bias_correction else {}
     device = device_description(spec.train.device)
@@ -255,13 +255,12 @@ def retrain(
     test = data.split(spec.train.image_size, "test")  # the same rows at any size: for counts and labels
     out_dir, ckpt_dir = _output_dirs(results_dir / spec.name, checkpoint_dir / spec.name)
     chosen = None
-    if reselect_k > 1:
+    if reselect_k > 1:  # the plan above held every candidate; now the top_k in the chosen order
         chosen = reselect(plan, reselect_k, reselect_seeds, data, ckpt_dir, quiet, device)
-        candidates = reordered(candidates, chosen)
         if on_choice is not None:  # said as soon as it is made, not only when the final test ends
             on_choice(chosen)
-    plan = recipes(study, spec, overrides, baseline_overrides, trials=candidates[:top_k])
-    corrections = bias_corrections(plan, val_months) if bias_correction else {}
+        plan = recipes(study, spec, overrides, baseline_overrides, trials=reordered(candidates, chosen)[:top_k])
+        corrections = bias_corrections(plan, val_months) if bias_correction else {}
     preds, tta_preds, members = _tuned_models(plan, seeds, data, ckpt_dir, tta, quiet)
     start = time.perf_counter()
     baseline = _train_seeds(
