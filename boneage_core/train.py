@@ -49,6 +49,13 @@ class FitResult:
     model: BoneAgeNet | None = None
     target_mean: float = 0.0  # months: the model predicts (age - mean) / std of the training ages
     target_std: float = 1.0
+    restored_epochs: int = 0  # the first epochs of history, read back from a checkpoint an earlier run wrote
+
+    @property
+    def restored_time_s(self) -> float:
+        """The training time of the epochs read back from a checkpoint, as the run that trained them
+        recorded it: add it to a rerun's wall time for what the model cost to train."""
+        return float(sum(row.get("epoch_time_s", 0.0) for row in self.history[: self.restored_epochs]))
 
 
 def seed_everything(seed: int) -> None:
@@ -303,6 +310,7 @@ def _final_eval(result: FitResult) -> dict:
 def _resume(result: FitResult, restored) -> None:
     """The epochs a checkpoint holds, and a finished one's predictions, as if trained here."""
     result.history, result.pred_months = restored.history, restored.pred_months
+    result.restored_epochs = len(restored.history)
     result.pred_months_without_bn_reestimation = restored.pred_months_without_bn_reestimation
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import search.engine.plan as plan_module
 from boneage_core.dataset import SplitsBySize
@@ -94,6 +95,14 @@ def test_reselect_chooses_on_val_with_fresh_seeds_and_moves_the_final_test_when_
     assert summary["test"]["reselection"]["chosen"] == second.number
     stored = load_retrain(load(tmp_path)).reselection  # the rerun's: it read every checkpoint
     assert summary["compute"]["reselection_s"] == stored.wall_time_s
+    # the rerun trained nothing, yet each candidate costs at least the training its checkpoints record
+    for x in stored.candidates:
+        trained = 0.0
+        for path in (tmp_path / "checkpoints" / "tiny").glob(f"reselect-trial{x.trial}-seed*.pt"):
+            history = json.loads(torch.load(path, map_location="cpu", weights_only=True)["history"])
+            trained += sum(h["epoch_time_s"] for h in history)
+        assert x.wall_time_s >= round(trained, 1) > 0
+    assert stored.wall_time_s >= sum(x.wall_time_s for x in stored.candidates) - 0.2
     status = main_ok("status", "--study", str(study), cwd=tmp_path, capsys=capsys).stdout
     assert "noise-aware choice" in status and "the search has since found" not in status
 

@@ -133,6 +133,9 @@ def test_interrupted_fit_resumes_from_its_checkpoint(small, tmp_path):
     resumed_epochs = []
     resumed = fit(cfg, train, val, on_epoch_end=lambda e, r: resumed_epochs.append(e), checkpoint=ckpt)
     assert resumed_epochs == [3]  # epochs 1 and 2 came from the checkpoint
+    # their training time is the interrupted run's, as it recorded them: a rerun's cost counts it
+    assert resumed.restored_epochs == 2 and resumed.history[0]["epoch_time_s"] > 0
+    assert resumed.restored_time_s == sum(h["epoch_time_s"] for h in resumed.history[:2])
     straight = fit(cfg, train, val)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in straight.history], rel=1e-4
@@ -156,11 +159,13 @@ def test_a_finished_checkpoint_gives_back_its_predictions_and_a_truncated_one_is
     epochs = []
     again = fit(cfg, train, val, on_epoch_end=lambda e, r: epochs.append(e), checkpoint=ckpt)
     assert epochs == []  # nothing trained: the finished checkpoint holds its predictions
+    assert again.restored_epochs == 2 and again.restored_time_s == sum(h["epoch_time_s"] for h in first.history)
+    assert first.restored_epochs == 0 and first.restored_time_s == 0.0
     assert np.array_equal(again.pred_months, first.pred_months)
     assert np.array_equal(again.pred_months_without_bn_reestimation, first.pred_months_without_bn_reestimation)
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])  # a copy cut short, a full disk
     retrained = fit(cfg, train, val, on_epoch_end=lambda e, r: epochs.append(e), checkpoint=ckpt)
-    assert epochs == [1, 2] and "unreadable" in caplog.text
+    assert epochs == [1, 2] and "unreadable" in caplog.text and retrained.restored_epochs == 0
     assert np.allclose(retrained.pred_months, first.pred_months, atol=1e-3)  # the same seed, trained again
 
 

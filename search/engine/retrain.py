@@ -109,6 +109,7 @@ class SeedPredictions:
     pred_months: np.ndarray  # as the protocol evaluates (batch-norm statistics re-estimated)
     tta_flip: np.ndarray  # averaged over a horizontal flip; empty without --tta
     without_bn_reestimation: np.ndarray  # only where fit was asked for it (the baseline); else empty
+    restored_s: float  # the training time of epochs read back from checkpoints (an earlier run's)
 
 
 def _train_seeds(
@@ -125,7 +126,7 @@ def _train_seeds(
     """K seeds of one recipe on train+val, scored on test: predictions (seeds, images), the same with
     flip TTA, and (for the baseline) without batch-norm re-estimation."""
     trainval, test = data.split(cfg.image_size, "train", "val"), data.split(cfg.image_size, "test")
-    preds, tta_preds, without_preds = [], [], []
+    preds, tta_preds, without_preds, restored = [], [], [], 0.0
     for k in range(seeds):
         c = dataclasses.replace(cfg, seed=cfg.seed + k)
         shown = f"retrain {label}, seed {k + 1}/{seeds} ({len(trainval)} images, {c.image_size} px)"
@@ -141,11 +142,12 @@ def _train_seeds(
             eval_label="test",
         )
         preds.append(r.pred_months)
+        restored += r.restored_time_s
         if r.pred_months_without_bn_reestimation is not None:
             without_preds.append(r.pred_months_without_bn_reestimation)
         if tta:
             tta_preds.append(predict_months(r, test, dataclasses.replace(c, tta_flip=True)))
-    return SeedPredictions(np.array(preds), np.array(tta_preds), np.array(without_preds))
+    return SeedPredictions(np.array(preds), np.array(tta_preds), np.array(without_preds), restored)
 
 
 def bias_corrections(plan: Recipes, val_months: np.ndarray) -> dict[str, Correction]:
@@ -190,7 +192,7 @@ def _tuned_models(
                 config=m.config.to_dict(),
                 mae=mae_estimate(preds[m.name], test),
                 mae_per_seed=np.abs(preds[m.name] - test.age_months).mean(axis=1).tolist(),
-                wall_time_s=round(time.perf_counter() - start, 1),
+                wall_time_s=round(time.perf_counter() - start + trained.restored_s, 1),
                 pred_months=np.round(preds[m.name], 3).tolist(),
             )
         )
@@ -274,7 +276,7 @@ def retrain(
         quiet=quiet,
     )
     preds["baseline"], tta_preds["baseline"] = baseline.pred_months, baseline.tta_flip
-    seed_wall = round(time.perf_counter() - start, 1)
+    seed_wall = round(time.perf_counter() - start + baseline.restored_s, 1)
     _derived(preds, tta_preds, plan, corrections)
     scores = {}
     for name in (n for n in RECIPES if n in preds):  # best, its correction, the ensemble, its correction, baseline

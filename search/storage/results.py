@@ -94,6 +94,8 @@ class RecipeScore:
     trials: list[int] | None = None  # a recipe built from trials (an ensemble, a correction)
     tta_flip: MaeEstimate | None = None
     without_bn_reestimation: MaeEstimate | None = None  # the baseline scored as the original project did
+    # seconds to train and score it: this command's, plus the recorded training time of epochs read
+    # back from checkpoints (so a rerun that trains nothing still says what the models cost)
     wall_time_s: float | None = None
 
 
