@@ -404,6 +404,31 @@ def test_a_signal_while_the_command_still_starts_is_one_line_and_its_exit_code(t
     assert err.strip().splitlines()[-1] == f"{said}: nothing was started", err
 
 
+@pytest.mark.parametrize("sig,said", [("SIGINT", "interrupted"), ("SIGTERM", "terminated (SIGTERM)")])
+def test_a_signal_after_the_command_finished_says_so_and_keeps_its_exit_status(tmp_path, sig, said):
+    """Once the command has printed its result, Python still shuts down (torch's teardown: a second or
+    so). Ctrl-C or SIGTERM then says the command had finished and exits with its own status, not the
+    loading message nor a silent 130. Here the command's status is 3 and the signal lands in a sleep."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import os, signal, time\n"
+        "from search.__main__ import _after_main\n"
+        "_after_main(3)\n"
+        f"os.kill(os.getpid(), signal.{sig})\n"
+        "time.sleep(30)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", script]
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert r.stderr.strip() == f"{said} while exiting: the command had finished, nothing is lost"
+
+
 def _sig_caught(pid: int) -> str:
     """The process's mask of caught signals, from /proc (hex)."""
     from pathlib import Path
