@@ -35,9 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache dir, so no test sees another's cache or phantom."""
+    """Every test gets its own cache dir, so no test sees another's cache or phantom. And no report
+    draws PNG copies (kaleido starts a Chromium per figure: with the [png] extra installed the suite
+    took 9 minutes instead of 5); tests/test_retrain_report.py turns them back on where it checks them."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("BONEAGE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("BONEAGE_PNG", "0")
     return cache
 
 

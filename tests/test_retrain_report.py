@@ -156,6 +156,27 @@ def test_killed_retrain_resumes_from_its_checkpoint_then_reports(tmp_path, searc
     assert json.loads((res / "summary.json").read_text())["trials"]["complete"] >= 1
 
 
+def test_png_copies_are_drawn_unless_turned_off(tmp_path, searched, capsys, monkeypatch):
+    """The suite turns PNG copies off (BONEAGE_PNG=0, tests/conftest.py): the report says so and draws
+    none. Turned back on, every figure gets a PNG where kaleido and a Chromium are installed."""
+    main_ok("report", "--study", str(searched), cwd=tmp_path, capsys=capsys)
+    res = tmp_path / "results" / "tiny"
+    pages = sorted(p.stem for p in res.glob("*.html") if p.name != "index.html")
+    assert len(pages) >= 4 and not list(res.glob("*.png"))
+    assert "PNG copies: not written: turned off (BONEAGE_PNG=0)." in (res / "index.html").read_text()
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        pytest.skip("kaleido is not installed (the [png] extra)")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium for kaleido to draw with")
+    monkeypatch.delenv("BONEAGE_PNG")
+    main_ok("report", "--study", str(searched), cwd=tmp_path, capsys=capsys)
+    assert sorted(p.stem for p in res.glob("*.png")) == pages
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in res.glob("*.png"))
+    assert "PNG copies: written beside this page." in (res / "index.html").read_text()
+
+
 def test_image_size_joins_the_space_by_editing_toml_only(tmp_path, study, capsys):
     """Each trial trains at the size it drew (decoded once per size); retrain rebuilds the best trial at
     its size and the baseline at data.image_size, both scored on the same test images."""

@@ -211,7 +211,7 @@ def curve_figure(c: dict[str, Any], out: Path) -> list[str]:
     import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
-    from search.storage.writes import write_atomic, write_bytes_atomic
+    from search.storage.writes import png_turned_off, write_atomic, write_bytes_atomic
 
     fig = go.Figure()
     for arm, (name, colour) in NAMES.items():
@@ -237,6 +237,8 @@ def curve_figure(c: dict[str, Any], out: Path) -> list[str]:
     write_atomic(out / "search_efficiency.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True,
                                                             config={"displaylogo": False}))  # fmt: skip
     files = ["search_efficiency.html"]
+    if png_turned_off() is not None:
+        return files
     try:
         write_bytes_atomic(out / "search_efficiency.png", fig.to_image(format="png", width=900, height=550))
         files.append("search_efficiency.png")

@@ -45,7 +45,7 @@ from search.storage.settings import SETTINGS_ATTR, describe_changes
 from search.storage.study import redact
 from search.storage.trials import SKIPPED_ATTR
 from search.storage.truth import StudyRef
-from search.storage.writes import set_aside, write_atomic, write_bytes_atomic, write_json
+from search.storage.writes import png_turned_off, set_aside, write_atomic, write_bytes_atomic, write_json
 
 # ---------------------------------------------------------------------------------------------------
 # status
@@ -146,6 +146,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def _png_renderer() -> str | None:
     """None when PNGs can be written, else why not."""
+    if (off := png_turned_off()) is not None:
+        return off
     try:
         import kaleido  # noqa: F401
     except ImportError:

@@ -18,6 +18,15 @@ def write_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode(errors="backslashreplace"))  # a non-UTF-8 path byte as \udcff: valid UTF-8
 
 
+def png_turned_off() -> str | None:
+    """Why PNG copies of figures are not to be drawn, or None. BONEAGE_PNG=0 turns them off: kaleido
+    starts a Chromium for every figure (seconds each), which a test suite or a quick look can skip;
+    the HTML pages hold the same figures."""
+    if os.environ.get("BONEAGE_PNG", "1").strip() == "0":
+        return "turned off (BONEAGE_PNG=0)"
+    return None
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with written_into_place(path) as tmp:
