@@ -4,6 +4,7 @@ GPU path on the CPU, and bad input as one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
@@ -21,14 +22,16 @@ from tests.conftest import assert_one_line_error, main_ok, run_main
 def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(tmp_path, capsys):
     # the server trusts local connections, so a password in the URL is accepted and must never be written
     secret = "postgresql://postgres:hunter2@127.0.0.1:5432/test"
-    out = tmp_path / "out"
-    r = main_ok("bench", "--quick", "--out", str(out), "--postgres", secret, cwd=tmp_path, capsys=capsys)
+    out, work = tmp_path / "out", tmp_path / "work"
+    jobs = ["--search-jobs", "2", "--work", str(work)]  # the two sampler seeds at once, one core each
+    r = main_ok("bench", "--quick", "--out", str(out), "--postgres", secret, *jobs, cwd=tmp_path, capsys=capsys)
     assert "hunter2" not in r.stdout + r.stderr
     assert not any(b"hunter2" in p.read_bytes() for p in out.iterdir())
     report = json.loads((out / "bench.json").read_text())
     assert report["mode"] == "quick" and list(report["sections"]) == list(SECTIONS)
     shown = ["--postgres", "postgresql://postgres:***@127.0.0.1:5432/test"]
-    assert report["command"] == shlex.join(["python", "-m", "search", "bench", "--quick", "--out", str(out), *shown])
+    typed = ["python", "-m", "search", "bench", "--quick", "--out", str(out), *shown, *jobs]
+    assert report["command"] == shlex.join(typed)
     assert {"cpu", "cores", "torch", "optuna", "pillow"} <= set(report["machine"])
     s = report["sections"]
 
@@ -73,6 +76,38 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
     for section in s.values():
         assert section["target"] in md and section["title"] in md
         assert (section["skipped"] or section["measured"]) in md
+    if len(os.sched_getaffinity(0)) == 2:  # CI's machines; with one core the seeds run one after another
+        assert "2 sampler seeds at a time, each process on 1 core." in md
+    assert sorted(p.name for p in (work / "search_efficiency").glob("*.db")) == ["search-s0.db", "search-s1.db"]
+
+    # a rerun with the same --work reads every arm back: nothing trains, the figures are the same
+    again = tmp_path / "again"
+    main_ok("bench", "--quick", "--only", "search_efficiency", "--out", str(again), *jobs, cwd=tmp_path, capsys=capsys)
+    se2 = json.loads((again / "bench.json").read_text())["sections"]["search_efficiency"]
+    for arm in ("tpe_pruned", "tpe_unpruned", "random_equal_epochs"):
+        for first, second in zip(se[arm], se2["figures"][arm], strict=True):
+            assert first["read_back"] == 0 and second["read_back"] == first["trials"] > 0
+            assert {k: v for k, v in first.items() if k != "read_back"} == {
+                k: v for k, v in second.items() if k != "read_back"
+            }
+    assert any("Read back from the work directory" in n and "seed(s) 0, 1" in n for n in se2["notes"])
+
+
+def test_core_shares_are_disjoint_and_threads_follow_the_cores_a_process_may_use(monkeypatch):
+    """--search-jobs J pins each of J processes to its own share of the cores; run_study then starts as
+    many threads as its share holds (taskset and a container's cpuset count the same way)."""
+    from search.bench.search_efficiency import core_shares
+    from search.engine import workers
+
+    assert core_shares([0, 1], 2) == [[0], [1]] and core_shares([0, 1], 5) == [[0], [1]]
+    shares = core_shares(list(range(16)), 3)
+    assert sorted(c for share in shares for c in share) == list(range(16)) and [len(x) for x in shares] == [6, 5, 5]
+    assert core_shares([3, 7], 1) == [[3, 7]]
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
+    assert workers.threads_per_worker(1) == 1  # one core allowed, whatever the machine has
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert workers.threads_per_worker(1) == 8 and workers.threads_per_worker(3) == 2
 
 
 def test_gpu_throughput_code_path_runs_on_the_cpu_and_counts_the_timed_epochs_full_batches(monkeypatch):
@@ -115,6 +150,8 @@ def test_scratch_postgres_is_none_when_no_server_answers():
         (["--only", "data_path,speed"], ["--only", "speed", "data_path"]),
         (["--out", "{file}"], ["cannot create the output directory", "Not a directory"]),
         (["--device", "cuda"], ["cuda"]),  # the suite hides every GPU (conftest)
+        (["--only", "search_efficiency", "--work", "{file}"], ["cannot create the work directory", "Not a directory"]),
+        (["--search-jobs", "0"], ["--search-jobs", "0"]),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, args, fragments, capsys):

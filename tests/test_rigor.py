@@ -141,7 +141,7 @@ def test_the_search_benchmark_meets_a_claim_only_where_its_interval_over_sampler
     def run(seed, epochs, best, trials=3):
         return {
             "sampler_seed": seed, "trials": trials, "pruned": 0, "failed": 0, "epochs": epochs, "best_val_mae": best,
-            "wall_s": 1.0, "epochs_per_trial": 5, "curve_epochs": [5, 10, 15][:trials],
+            "wall_s": 1.0, "read_back": 0, "epochs_per_trial": 5, "curve_epochs": [5, 10, 15][:trials],
             "curve_best": [best + 2, best + 1, best][:trials], "complete_values": [best + 2, best + 1, best][:trials],
         }  # fmt: skip
 

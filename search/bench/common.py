@@ -19,6 +19,7 @@ class Sizes:
     overhead_override: tuple[str, ...] = ()
     search_trials: int = 30
     search_seeds: tuple[int, ...] = (0, 1, 2)  # sampler seeds, each arm run once per seed
+    search_jobs: int = 1  # sampler seeds run at once, each in a process on its share of the cores
     search_override: tuple[str, ...] = ()
     storage_trials: int = 200
     cpu_trials: int = 40

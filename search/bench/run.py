@@ -14,10 +14,12 @@ like with like.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,22 @@ BENCHES: dict[str, Callable[..., dict]] = {
 
 
 SECTIONS = tuple(BENCHES)
+RESUMABLE = {"search_efficiency"}  # with --work, what a rerun reads back instead of running again
+
+
+@contextlib.contextmanager
+def _scratch(work_dir: str | Path | None) -> Iterator[Path]:
+    """The benchmarks' scratch directory: work_dir, kept (made if missing), or a temporary one."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="boneage-bench-") as tmp:
+            yield Path(tmp)
+        return
+    path = Path(work_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(f"the work directory {path}", exc, verb="create") from None
+    yield path
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -70,9 +88,14 @@ def run_bench(
     search_seeds: int | None = None,
     log: Callable[[str], None] = tqdm.write,
     argv: list[str] | None = None,
+    work_dir: str | Path | None = None,
+    search_jobs: int | None = None,
 ) -> dict:
     """Run the named benchmarks (default all) and write <out_dir>/bench.json and bench.md after each.
-    argv: the command line as typed, recorded with its passwords hidden."""
+    argv: the command line as typed, recorded with its passwords hidden. work_dir keeps the scratch
+    files there instead of in a temporary directory: a rerun with the same one reads back the
+    search-efficiency arms that finished (the other benchmarks start afresh). search_jobs: sampler
+    seeds of the search-efficiency benchmark run at once, each process on its share of the cores."""
     names = parse_only(only)
     dev = resolve_device(device)
     if "storage" in names:
@@ -82,6 +105,8 @@ def run_bench(
         sizes.search_trials = search_trials
     if search_seeds:
         sizes.search_seeds = tuple(range(search_seeds))
+    if search_jobs:
+        sizes.search_jobs = search_jobs
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -97,12 +122,14 @@ def run_bench(
         "sections": {},
     }
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="boneage-bench-") as tmp:
+    with _scratch(work_dir) as tmp:
         for name in (bar := tqdm(names, desc="bench", unit="section", dynamic_ncols=True)):
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
             work = Path(tmp) / name
-            work.mkdir()
+            if name not in RESUMABLE:
+                shutil.rmtree(work, ignore_errors=True)  # a kept work directory: these start afresh
+            work.mkdir(exist_ok=True)
             try:
                 result = BENCHES[name](sizes=sizes, work=work, device=dev, quick=quick, postgres=postgres, out=out)
             finally:

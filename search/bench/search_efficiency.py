@@ -7,16 +7,23 @@ claims are stated as the verdicts are: per seed, then the mean with a 95% t-inte
 seeds (paired by seed where two arms are compared), and "met" only where that interval supports the
 target. The curves of best-so-far against epochs (mean and range over seeds) go to
 search_efficiency.html (and .png where kaleido can draw), with Dodge's expected best for random
-search over the random arm's pooled trials."""
+search over the random arm's pooled trials.
+
+Each sampler seed's arms live in a study file of their own (search-s<seed>.db in the work directory):
+with `bench --work DIR` a rerun reads back the arms that finished instead of training them again,
+and `--search-jobs J` runs J seeds at once, each process on its own share of the cores."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import statistics
-import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from optuna.trial import TrialState
 from scipy import stats
 
@@ -29,13 +36,23 @@ from search.storage.study import open_study
 ARMS = ("tpe_pruned", "tpe_unpruned", "random_equal_epochs")
 
 
+def _finished_before(name: str, url: str) -> int:
+    """How many finished trials the arm's study held before this run (0 where there is none yet)."""
+    if not Path(url.removeprefix("sqlite:///")).is_file() or name not in optuna.get_all_study_names(url):
+        return 0
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
 def _search(overrides: list[str], url: str, n_trials: int) -> dict:
     spec = load_spec("demo", overrides)
-    start = time.perf_counter()
+    before = _finished_before(spec.name, url)
     run_study(spec, url, n_trials, quiet=True)
-    wall = time.perf_counter() - start
     trials = open_study(spec, url, heartbeat=False).get_trials(deepcopy=False)
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # the arm's own span, from its first trial's start to its last one's end: the same figure whether
+    # it ran now or in an earlier run with the same --work (a resumed arm spans both)
+    wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     complete = [t.value for t in done if t.state == TrialState.COMPLETE]
     epochs = [int(t.user_attrs.get("epochs_run", 0)) for t in done]
     best, curve = float("inf"), []
@@ -54,6 +71,7 @@ def _search(overrides: list[str], url: str, n_trials: int) -> dict:
         "curve_epochs": np.cumsum(epochs).tolist(),
         "curve_best": curve,
         "complete_values": [round(v, 3) for v in complete],
+        "read_back": before,
     }
 
 
@@ -81,18 +99,11 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         "TPE + pruning reaches a lower MAE than random search at an equal epoch budget; each over the "
         "sampler seeds, with a 95% CI that must support it",
     )
-    url = f"sqlite:///{work / 'search.db'}"
-    base, n = list(sizes.search_override), sizes.search_trials
+    n = sizes.search_trials
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    for seed in sizes.search_seeds:
-        seeded = [*base, f"sampler.seed={seed}"]
-        tpe = _search([*seeded, f"study.name=bench-tpe-pruned-s{seed}"], url, n)
-        unpruned = _search([*seeded, f"study.name=bench-tpe-unpruned-s{seed}", "pruner.name=none"], url, n)
-        n_random = max(1, round(tpe["epochs"] / tpe["epochs_per_trial"]))
-        random_arm = [*seeded, f"study.name=bench-random-s{seed}", "pruner.name=none", "sampler.name=random"]
-        random = _search(random_arm, url, n_random)
-        for arm, r in zip(ARMS, (tpe, unpruned, random), strict=True):
-            runs[arm].append({"sampler_seed": seed, **r})
+    for seed, arms in zip(sizes.search_seeds, _all_seeds(sizes, work), strict=True):
+        for arm in ARMS:
+            runs[arm].append({"sampler_seed": seed, **arms[arm]})
     s["figures"], s["met"], s["measured"] = claims(runs)
     s["curves"] = curves(runs)
     p = sizes.search_override
@@ -103,6 +114,8 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         else f"its {pruner.name} pruner"
     )
     walls = {arm: sum(r["wall_s"] for r in runs[arm]) for arm in ARMS}
+    jobs = min(sizes.search_jobs, len(sizes.search_seeds), len(_usable_cores()))
+    read_back = sorted({r["sampler_seed"] for arm in ARMS for r in runs[arm] if r["read_back"]})
     s["notes"] = [
         f"{n} trials an arm and sampler seed, sampler seeds {', '.join(map(str, sizes.search_seeds))}, the demo "
         f"study (`--set` {' '.join(p) if p else 'none'}): TPE with {how}; TPE without pruning; random search "
@@ -111,11 +124,66 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         "Each claim is the mean over sampler seeds with a 95% t-interval (paired by seed between arms): "
         "with few seeds the interval is wide, and a claim it does not support is not met, whatever the mean.",
         f"Wall time, all seeds: TPE + pruning {walls['tpe_pruned']:.0f} s, TPE without pruning "
-        f"{walls['tpe_unpruned']:.0f} s, random search {walls['random_equal_epochs']:.0f} s.",
+        f"{walls['tpe_unpruned']:.0f} s, random search {walls['random_equal_epochs']:.0f} s (each arm from its "
+        "first trial's start to its last one's end)"
+        + (f"; {jobs} sampler seeds at a time, each process on {_cores_word(jobs)}." if jobs > 1 else "."),
     ]
+    if read_back:
+        s["notes"].append(
+            f"Read back from the work directory (an earlier run with the same --work): trials of sampler seed(s) "
+            f"{', '.join(map(str, read_back))}; an arm that held its trials was not run again."
+        )
     if out is not None:
         s["files"] = curve_figure(s["curves"], out)
     return s
+
+
+def _seed_arms(seed: int, base: list[str], n: int, work: Path) -> dict[str, dict]:
+    """The three arms for one sampler seed, in a study file of the seed's own."""
+    url = f"sqlite:///{work / f'search-s{seed}.db'}"
+    seeded = [*base, f"sampler.seed={seed}"]
+    tpe = _search([*seeded, f"study.name=bench-tpe-pruned-s{seed}"], url, n)
+    unpruned = _search([*seeded, f"study.name=bench-tpe-unpruned-s{seed}", "pruner.name=none"], url, n)
+    n_random = max(1, round(tpe["epochs"] / tpe["epochs_per_trial"]))
+    random_arm = [*seeded, f"study.name=bench-random-s{seed}", "pruner.name=none", "sampler.name=random"]
+    return dict(zip(ARMS, (tpe, unpruned, _search(random_arm, url, n_random)), strict=True))
+
+
+def core_shares(cores: list[int], jobs: int) -> list[list[int]]:
+    """The cores split into `jobs` disjoint shares as even as they go (each at least one core)."""
+    jobs = max(1, min(jobs, len(cores)))
+    return [cores[i::jobs] for i in range(jobs)]
+
+
+def _cores_word(jobs: int) -> str:
+    sizes = sorted({len(c) for c in core_shares(_usable_cores(), jobs)})
+    return " or ".join(map(str, sizes)) + (" core" if sizes == [1] else " cores")
+
+
+def _usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def _pin(shares) -> None:
+    """A pool process takes one share of the cores for its life (run_study then uses that many threads)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, shares.get())
+
+
+def _all_seeds(sizes: Sizes, work: Path) -> list[dict[str, dict]]:
+    """Every sampler seed's arms: one after another, or `search_jobs` seeds at once in processes of
+    their own, each pinned to its share of the cores and using as many threads."""
+    base, n, seeds = list(sizes.search_override), sizes.search_trials, sizes.search_seeds
+    jobs = min(sizes.search_jobs, len(seeds), len(_usable_cores()))
+    if jobs <= 1:
+        return [_seed_arms(seed, base, n, work) for seed in seeds]
+    ctx = multiprocessing.get_context("spawn")  # torch in a forked child can hang
+    shares = ctx.Queue()
+    for share in core_shares(_usable_cores(), jobs):
+        shares.put(share)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_pin, initargs=(shares,)) as pool:
+        k = len(seeds)
+        return list(pool.map(_seed_arms, seeds, [base] * k, [n] * k, [work] * k))
 
 
 def claims(runs: dict[str, list[dict]]) -> tuple[dict[str, Any], bool, str]:
@@ -147,7 +215,7 @@ def claims(runs: dict[str, list[dict]]) -> tuple[dict[str, Any], bool, str]:
         f"against unpruned best {_spread(gap)}; TPE + pruning minus random search at equal epochs "
         f"{_spread(vs_random, '{:+.2f}')} months ({words_random})"
     )
-    keep = ("sampler_seed", "trials", "pruned", "failed", "epochs", "best_val_mae", "wall_s")
+    keep = ("sampler_seed", "trials", "pruned", "failed", "epochs", "best_val_mae", "wall_s", "read_back")
     figures = {arm: [{k: r[k] for k in keep} for r in runs[arm]] for arm in ARMS}
     figures |= {
         "epochs_saved": [round(v, 3) for v in saved],

@@ -214,7 +214,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     partial = args.only is not None
     out = args.out or ("results/bench-quick" if args.quick else "results/bench-partial" if partial else "results/bench")
     report = run_bench(
-        out, args.quick, args.device, args.only, args.postgres, args.search_trials, args.search_seeds, argv=argv
-    )
+        out, args.quick, args.device, args.only, args.postgres, args.search_trials, args.search_seeds, argv=argv,
+        work_dir=args.work, search_jobs=args.search_jobs,
+    )  # fmt: skip
     print(f"wrote {out}/bench.md and bench.json ({report['total_s']:.0f} s)")
     return 0

@@ -229,6 +229,16 @@ def _tool_parsers(sub) -> None:
         "--search-seeds", type=positive_int, help="sampler seeds per search arm, 0 .. N-1 (default 3; quick 2)"
     )
     bench.add_argument(
+        "--search-jobs",
+        type=positive_int,
+        help="sampler seeds run at once, each process on its share of the cores (default 1)",
+    )
+    bench.add_argument(
+        "--work",
+        help="keep the scratch files (the search arms' studies) in this directory instead of a temporary one: "
+        "a rerun with the same --work reads back the search arms that finished",
+    )
+    bench.add_argument(
         "--postgres",
         default=DEFAULT_POSTGRES_URL,
         help="a PostgreSQL URL whose server may host a scratch database for the storage benchmark",

@@ -40,8 +40,10 @@ def check_workers(workers: int) -> None:
 
 
 def threads_per_worker(workers: int) -> int:
-    """K workers on one machine share its cores instead of each starting a thread per core."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    """K workers on one machine share its cores instead of each starting a thread per core: the cores
+    this process may run on (taskset, a container's cpuset, a benchmark's share), not the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def worker_devices(workers: int, visible: str | None, count: int) -> list[str | None]:
