@@ -413,7 +413,7 @@ def test_a_signal_after_the_command_finished_says_so_and_keeps_its_exit_status(t
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, _as_at_a_terminal
 
     script = (
         "import os, signal, time\n"
@@ -424,7 +424,10 @@ def test_a_signal_after_the_command_finished_says_so_and_keeps_its_exit_status(t
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-c", script]
-    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    # as at a terminal: a job started in the background inherits SIGINT ignored, and keeps it so
+    r = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, preexec_fn=_as_at_a_terminal
+    )
     assert r.returncode == 3 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
     assert r.stderr.strip() == f"{said} while exiting: the command had finished, nothing is lost"
 
