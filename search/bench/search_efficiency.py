@@ -50,9 +50,9 @@ def _search(overrides: list[str], url: str, n_trials: int) -> dict:
     run_study(spec, url, n_trials, quiet=True)
     trials = open_study(spec, url, heartbeat=False).get_trials(deepcopy=False)
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    # the arm's own span, from its first trial's start to its last one's end: the same figure whether
-    # it ran now or in an earlier run with the same --work (a resumed arm spans both)
-    wall = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    # the arm's trials' own durations, added up: the same figure whether they ran now or in an earlier
+    # run with the same --work, and no pause between two runs of a resumed arm counted
+    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
     complete = [t.value for t in done if t.state == TrialState.COMPLETE]
     epochs = [int(t.user_attrs.get("epochs_run", 0)) for t in done]
     best, curve = float("inf"), []
@@ -124,8 +124,8 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         "Each claim is the mean over sampler seeds with a 95% t-interval (paired by seed between arms): "
         "with few seeds the interval is wide, and a claim it does not support is not met, whatever the mean.",
         f"Wall time, all seeds: TPE + pruning {walls['tpe_pruned']:.0f} s, TPE without pruning "
-        f"{walls['tpe_unpruned']:.0f} s, random search {walls['random_equal_epochs']:.0f} s (each arm from its "
-        "first trial's start to its last one's end)"
+        f"{walls['tpe_unpruned']:.0f} s, random search {walls['random_equal_epochs']:.0f} s (each arm's trials' "
+        "durations added up)"
         + (f"; {jobs} sampler seeds at a time, each process on {_cores_word(jobs)}." if jobs > 1 else "."),
     ]
     if read_back:
