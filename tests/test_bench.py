@@ -80,9 +80,10 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
         assert "2 sampler seeds at a time, each process on 1 core." in md
     assert sorted(p.name for p in (work / "search_efficiency").glob("*.db")) == ["search-s0.db", "search-s1.db"]
 
-    # a rerun with the same --work reads every arm back: nothing trains, the figures are the same
-    again = tmp_path / "again"
-    main_ok("bench", "--quick", "--only", "search_efficiency", "--out", str(again), *jobs, cwd=tmp_path, capsys=capsys)
+    # a rerun with the same --work reads every arm back, whatever its --search-jobs (here one process,
+    # which spares the pool's start): nothing trains, the figures are the same
+    again, one = tmp_path / "again", ["--search-jobs", "1", "--work", str(work)]
+    main_ok("bench", "--quick", "--only", "search_efficiency", "--out", str(again), *one, cwd=tmp_path, capsys=capsys)
     se2 = json.loads((again / "bench.json").read_text())["sections"]["search_efficiency"]
     for arm in ("tpe_pruned", "tpe_unpruned", "random_equal_epochs"):
         for first, second in zip(se[arm], se2["figures"][arm], strict=True):
