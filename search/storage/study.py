@@ -9,12 +9,15 @@ import os
 import re
 import time
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models  # the trial table, for the trials Optuna's stale check misses
+from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
 
 from boneage_core.errors import BoneAgeError, cannot_write
@@ -283,6 +286,26 @@ class ResilientRDBStorage(RDBStorage):
     said once per outage, not at every beat."""
 
     _heartbeat_lost = False
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (a heartbeat older than the grace period), and the trials it never
+        counts: RUNNING ones with no heartbeat at all, started over a grace period ago. Their process
+        died between creating the trial and its first beat (milliseconds, but a kill lands there), and
+        without this a resumed search waits on them for ever."""
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        session = self.scoped_session()
+        try:
+            silent = [
+                (t.trial_id, t.datetime_start)  # Optuna stores UTC and gives local time, as datetime.now()
+                for t in session.query(models.TrialModel)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any())
+            ]
+        finally:
+            session.close()
+        now = datetime.now()
+        return stale + [i for i, started in silent if started is not None and now - started > grace and i not in stale]
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
