@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -16,7 +21,7 @@ from search.bench.report import render_markdown
 from search.bench.run import SECTIONS
 from search.bench.storage import scratch_postgres
 from search.storage.trials import trial_data
-from tests.conftest import assert_one_line_error, main_ok, run_main
+from tests.conftest import REPO, _as_at_a_terminal, assert_one_line_error, main_ok, run_main
 
 
 def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(tmp_path, capsys):
@@ -206,3 +211,33 @@ def test_a_storage_benchmark_trial_writes_what_a_search_trial_writes(tmp_path):
         assert len(trial_data(t, "history")) == t.user_attrs["epochs_run"] == epochs
         assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
         assert "mae_months" in trial_data(t, "val_metrics") and len(trial_data(t, "val_pred_months")) == VAL_IMAGES
+
+
+def _states(db) -> dict[str, int]:
+    if not db.is_file():
+        return {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return dict(c.execute("select state, count(*) from trials group by state").fetchall())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--search-jobs 2 needs two cores")
+def test_sigterm_to_the_bench_alone_stops_its_seed_processes_and_fails_their_trials(tmp_path):
+    """kill <pid> reaches the parent only: its seed processes must stop too (they had gone on to the end
+    of every arm, hours in a full run), each failing its trial in progress so --work retries it."""
+    cmd = [sys.executable, "-m", "search", "bench", "--quick", "--only", "search_efficiency"]
+    cmd += ["--search-trials", "6", "--search-jobs", "2", "--work", "w", "--out", "o"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_as_at_a_terminal)
+    dbs = [tmp_path / "w" / "search_efficiency" / f"search-s{s}.db" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(_states(db).get("RUNNING") for db in dbs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.3)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=90)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert "terminated (SIGTERM)" in err.strip().splitlines()[-1]
+    states = [_states(db) for db in dbs]
+    assert all(s.get("FAIL") == 1 and not s.get("RUNNING") for s in states), states
+    assert sum(s.get("COMPLETE", 0) + s.get("PRUNED", 0) for s in states) < 2 * (6 + 6 + 1)  # not run to the end

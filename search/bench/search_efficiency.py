@@ -15,9 +15,12 @@ and `--search-jobs J` runs J seeds at once, each process on its own share of the
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import statistics
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -164,10 +167,60 @@ def _usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def _pin(shares) -> None:
+_stop = None  # in a pool process: set by the parent once it is interrupted, so no further seed starts
+_last_interrupt = -1e9
+REPEAT_S = 5.0  # the parent repeats its signal this often until each pool process has ended
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C or SIGTERM in a pool process: KeyboardInterrupt, which fails the trial in progress. The
+    terminal's signal and the parent's arrive together and count once; one that lands where Python
+    swallows exceptions (a garbage collector callback) is made good by the parent's repeat."""
+    global _last_interrupt
+    if time.monotonic() - _last_interrupt < REPEAT_S / 2:
+        return
+    _last_interrupt = time.monotonic()
+    raise KeyboardInterrupt
+
+
+def _pin(shares, stop) -> None:
     """A pool process takes one share of the cores for its life (run_study then uses that many threads)."""
+    global _stop
+    _stop = stop
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, shares.get())
+
+
+def _seed_arms_unless_stopped(seed: int, base: list[str], n: int, work: Path) -> dict[str, dict] | None:
+    if _stop is not None and _stop.is_set():
+        return None
+    try:
+        return _seed_arms(seed, base, n, work)
+    except KeyboardInterrupt:  # the trial is failed; later signals must not cut the way out short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+
+
+def _stop_children(pool: ProcessPoolExecutor, stop, wait_s: float = 60) -> None:
+    """The parent was interrupted: no further seed starts, each pool process gets SIGINT every REPEAT_S
+    until it ends (its trial is failed, so a rerun with --work retries it); one left after wait_s is killed."""
+    stop.set()
+    children = multiprocessing.active_children()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + wait_s
+    while (alive := [c for c in children if c.is_alive()]) and time.monotonic() < deadline:
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(child.pid, signal.SIGINT)
+        until = time.monotonic() + REPEAT_S
+        for child in alive:
+            child.join(max(0.0, until - time.monotonic()))
+    for child in children:
+        if child.is_alive():
+            child.kill()
 
 
 def _all_seeds(sizes: Sizes, work: Path) -> list[dict[str, dict]]:
@@ -178,12 +231,16 @@ def _all_seeds(sizes: Sizes, work: Path) -> list[dict[str, dict]]:
     if jobs <= 1:
         return [_seed_arms(seed, base, n, work) for seed in seeds]
     ctx = multiprocessing.get_context("spawn")  # torch in a forked child can hang
-    shares = ctx.Queue()
+    shares, stop = ctx.Queue(), ctx.Event()
     for share in core_shares(_usable_cores(), jobs):
         shares.put(share)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_pin, initargs=(shares,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_pin, initargs=(shares, stop)) as pool:
         k = len(seeds)
-        return list(pool.map(_seed_arms, seeds, [base] * k, [n] * k, [work] * k))
+        try:
+            return list(pool.map(_seed_arms_unless_stopped, seeds, [base] * k, [n] * k, [work] * k))
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to this process alone (kill <pid>)
+            _stop_children(pool, stop)
+            raise
 
 
 def claims(runs: dict[str, list[dict]]) -> tuple[dict[str, Any], bool, str]:
