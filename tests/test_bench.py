@@ -82,7 +82,7 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
         assert section["target"] in md and section["title"] in md
         assert (section["skipped"] or section["measured"]) in md
     if len(os.sched_getaffinity(0)) == 2:  # CI's machines; with one core the seeds run one after another
-        assert "2 sampler seeds at a time, each process on 1 core." in md
+        assert "this run trained 2 sampler seeds at a time, each process on 1 core." in md
     assert sorted(p.name for p in (work / "search_efficiency").glob("*.db")) == ["search-s0.db", "search-s1.db"]
 
     # a rerun with the same --work reads every arm back, whatever its --search-jobs (here one process,
@@ -97,6 +97,18 @@ def test_quick_bench_writes_every_benchmark_with_its_target_figures_and_verdict(
                 k: v for k, v in second.items() if k != "read_back"
             }
     assert any("Read back from the work directory" in n and "seed(s) 0, 1" in n for n in se2["notes"])
+    assert not any("at a time" in n for n in se2["notes"])  # nothing trained: no claim about how it ran
+
+    # fewer trials than the arms hold: each counts its first one, and the note says so
+    fewer = tmp_path / "fewer"
+    args = ["--only", "search_efficiency", "--search-trials", "1", "--out", str(fewer), *one]
+    main_ok("bench", "--quick", *args, cwd=tmp_path, capsys=capsys)
+    se3 = json.loads((fewer / "bench.json").read_text())["sections"]["search_efficiency"]
+    first_tpe = [arm[0] for arm in runs[:2]]
+    assert [r["trials"] for r in se3["figures"]["tpe_pruned"]] == [1, 1]
+    assert [r["read_back"] for r in se3["figures"]["tpe_unpruned"]] == [1, 1]
+    assert se3["figures"]["tpe_unpruned"][0]["epochs"] == 2 and first_tpe[1]["trials"] == 2
+    assert any(n.startswith("Arms holding more trials than asked, counted up to 1") for n in se3["notes"])
 
 
 def test_core_shares_are_disjoint_and_threads_follow_the_cores_a_process_may_use(monkeypatch):
@@ -241,3 +253,13 @@ def test_sigterm_to_the_bench_alone_stops_its_seed_processes_and_fails_their_tri
     states = [_states(db) for db in dbs]
     assert all(s.get("FAIL") == 1 and not s.get("RUNNING") for s in states), states
     assert sum(s.get("COMPLETE", 0) + s.get("PRUNED", 0) for s in states) < 2 * (6 + 6 + 1)  # not run to the end
+
+
+def test_a_damaged_study_in_the_work_directory_is_one_line_and_left_as_it_was(tmp_path, capsys):
+    held = tmp_path / "w" / "search_efficiency" / "search-s0.db"
+    held.parent.mkdir(parents=True)
+    held.write_bytes(b"not a database " * 400)
+    args = ["bench", "--quick", "--only", "search_efficiency", "--search-seeds", "1", "--work", "w", "--out", "o"]
+    r = run_main(*args, cwd=tmp_path, capsys=capsys)
+    assert_one_line_error(r, "search-s0.db", "not a database file")
+    assert held.read_bytes() == b"not a database " * 400

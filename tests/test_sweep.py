@@ -63,7 +63,11 @@ def test_make_phantom_fills_an_empty_folder_and_refuses_a_full_one(tmp_path, cap
 @pytest.mark.parametrize(
     "argv,said",
     [
-        (["bench", "--quick"], "bench.json and bench.md hold the sections that finished"),
+        (
+            ["bench", "--quick"],
+            "bench.json and bench.md hold the sections that finished, if any did; with --work, a rerun reads "
+            "back the search trials that finished",
+        ),
         (["data", "cache", "."], "each split cached so far is kept; rerun the same command to finish"),
         (["data", "check", "."], "nothing was changed"),
     ],

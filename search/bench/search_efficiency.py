@@ -34,16 +34,20 @@ from boneage_core.metrics import expected_best
 from search.bench.common import Sizes, section
 from search.config.specs import load_spec
 from search.engine.run import run_study
-from search.storage.study import open_study
+from search.storage.study import open_storage, open_study
 
 ARMS = ("tpe_pruned", "tpe_unpruned", "random_equal_epochs")
 
 
 def _finished_before(name: str, url: str) -> int:
-    """How many finished trials the arm's study held before this run (0 where there is none yet)."""
-    if not Path(url.removeprefix("sqlite:///")).is_file() or name not in optuna.get_all_study_names(url):
+    """How many finished trials the arm's study held before this run (0 where there is none yet). A
+    damaged or foreign file in --work is one line naming it (open_storage checks it), never touched."""
+    if not Path(url.removeprefix("sqlite:///")).is_file():
         return 0
-    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    storage = open_storage(url, create=False)
+    if name not in {s.study_name for s in storage.get_all_studies()}:
+        return 0
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
 
 
@@ -52,7 +56,12 @@ def _search(overrides: list[str], url: str, n_trials: int) -> dict:
     before = _finished_before(spec.name, url)
     run_study(spec, url, n_trials, quiet=True)
     trials = open_study(spec, url, heartbeat=False).get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    held = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # an arm from an earlier, longer run with the same --work counts its first n_trials: what a run of
+    # n_trials would have found, and the same budget as the other arms
+    done = held[:n_trials]
+    if len(held) > n_trials:
+        trials = [t for t in trials if t.number <= done[-1].number]
     # the arm's trials' own durations, added up: the same figure whether they ran now or in an earlier
     # run with the same --work, and no pause between two runs of a resumed arm counted
     wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
@@ -74,7 +83,8 @@ def _search(overrides: list[str], url: str, n_trials: int) -> dict:
         "curve_epochs": np.cumsum(epochs).tolist(),
         "curve_best": curve,
         "complete_values": [round(v, 3) for v in complete],
-        "read_back": before,
+        "read_back": min(before, n_trials),
+        "held": len(held),
     }
 
 
@@ -104,8 +114,12 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
     )
     n = sizes.search_trials
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    more: list[str] = []  # arms whose study holds more trials than this run counts
     for seed, arms in zip(sizes.search_seeds, _all_seeds(sizes, work), strict=True):
         for arm in ARMS:
+            held = arms[arm].pop("held")
+            if held > arms[arm]["trials"]:
+                more.append(f"{arm} seed {seed} ({held})")
             runs[arm].append({"sampler_seed": seed, **arms[arm]})
     s["figures"], s["met"], s["measured"] = claims(runs)
     s["curves"] = curves(runs)
@@ -119,9 +133,11 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
     walls = {arm: sum(r["wall_s"] for r in runs[arm]) for arm in ARMS}
     jobs = min(sizes.search_jobs, len(sizes.search_seeds), len(_usable_cores()))
     read_back = sorted({r["sampler_seed"] for arm in ARMS for r in runs[arm] if r["read_back"]})
+    trained = any(r["trials"] > r["read_back"] for arm in ARMS for r in runs[arm])
     s["notes"] = [
-        f"{n} trials an arm and sampler seed, sampler seeds {', '.join(map(str, sizes.search_seeds))}, the demo "
-        f"study (`--set` {' '.join(p) if p else 'none'}): TPE with {how}; TPE without pruning; random search "
+        f"{n} trial{'s' if n != 1 else ''} an arm and sampler seed, sampler seeds "
+        f"{', '.join(map(str, sizes.search_seeds))}, the demo study (`--set` {' '.join(p) if p else 'none'}): "
+        f"TPE with {how}; TPE without pruning; random search "
         "without pruning for as many trials as the epochs TPE + pruning used with the same seed (in trials of "
         f"{runs['tpe_pruned'][0]['epochs_per_trial']} epochs).",
         "Each claim is the mean over sampler seeds with a 95% t-interval (paired by seed between arms): "
@@ -129,12 +145,21 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         f"Wall time, all seeds: TPE + pruning {walls['tpe_pruned']:.0f} s, TPE without pruning "
         f"{walls['tpe_unpruned']:.0f} s, random search {walls['random_equal_epochs']:.0f} s (each arm's trials' "
         "durations added up)"
-        + (f"; {jobs} sampler seeds at a time, each process on {_cores_word(jobs)}." if jobs > 1 else "."),
+        + (
+            f"; this run trained {jobs} sampler seeds at a time, each process on {_cores_word(jobs)}."
+            if jobs > 1 and trained
+            else "."
+        ),
     ]
     if read_back:
         s["notes"].append(
             f"Read back from the work directory (an earlier run with the same --work): trials of sampler seed(s) "
-            f"{', '.join(map(str, read_back))}; an arm that held its trials was not run again."
+            f"{', '.join(map(str, read_back))}; an arm that held all its trials was not run again, one that held "
+            "some was topped up."
+        )
+    if more:
+        s["notes"].append(
+            f"Arms holding more trials than asked, counted up to {n}: {', '.join(more)} (an earlier, longer run)."
         )
     if out is not None:
         s["files"] = curve_figure(s["curves"], out)

@@ -345,7 +345,10 @@ def _stopped(exc: KeyboardInterrupt, args: argparse.Namespace | None) -> int:
             "check": "nothing was changed",
         }.get(args.data_command, "each split cached so far is kept; rerun the same command to finish")
     elif command == "bench":
-        left = "bench.json and bench.md hold the sections that finished"
+        left = (
+            "bench.json and bench.md hold the sections that finished, if any did; with --work, a rerun "
+            "reads back the search trials that finished"
+        )
     elif command == "dashboard":
         left = "dashboard stopped"
     elif command in ("report", "status"):
