@@ -527,3 +527,29 @@ def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(tmp_path,
     assert r.stderr.strip().splitlines()[-1].startswith("error: cannot write the image cache in")
     assert "No space left on device" in r.stderr
     assert not list(tiny_disk.rglob("*.npy"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_retried(backend, tmp_path, request):
+    """Optuna's stale check only sees trials with a heartbeat; one whose process was killed between
+    creating it and its first beat stayed RUNNING, and a resumed search that counted it waited for ever."""
+    import warnings
+
+    from search.storage.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = open_storage(url, heartbeat=(1, 2))
+    study = optuna.create_study(study_name="s", storage=storage)
+    silent = study.ask()  # RUNNING, no heartbeat: what such a kill leaves
+    beating = study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat by hand, outside optimize
+        storage.record_heartbeat(beating._trial_id)
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[silent.number].state == TrialState.RUNNING  # within the grace period: alive
+        time.sleep(2.2)
+        storage.record_heartbeat(beating._trial_id)
+        optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.trials]
+    assert states[:2] == [TrialState.FAIL, TrialState.RUNNING]  # the beating one is left alone
+    assert states[2:] == [TrialState.WAITING]  # and the silent one is queued again, as a dead worker's is

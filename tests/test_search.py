@@ -136,18 +136,6 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path, stu
     assert finished(s)[0].params == failed[0].params
 
 
-def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path, study, capsys):
-    """Optuna's stale check only sees trials with a heartbeat; one created by a process killed before
-    its first beat stayed RUNNING, and a resumed search that counted it waited for ever."""
-    main_ok("run", "--study", str(study), "--trials", "1", "--quiet", cwd=tmp_path, capsys=capsys)
-    silent = load(tmp_path).ask()  # RUNNING, no heartbeat: what such a kill leaves
-    r = run_cli("run", "--study", str(study), "--trials", "2", "--quiet", cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr
-    s = load(tmp_path)
-    assert s.trials[silent.number].state == TrialState.FAIL  # after the grace period of 3 s
-    assert len(finished(s)) == 2 and not [t for t in s.trials if t.state == TrialState.RUNNING]
-
-
 def _wait_for_text(path, text: str, proc, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text():
