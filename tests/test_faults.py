@@ -553,3 +553,41 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_ret
     states = [t.state for t in study.trials]
     assert states[:2] == [TrialState.FAIL, TrialState.RUNNING]  # the beating one is left alone
     assert states[2:] == [TrialState.WAITING]  # and the silent one is queued again, as a dead worker's is
+
+
+SWALLOWED = """
+import os, signal, weakref
+from search.engine.objective import STOP, raise_if_stopped
+from search.engine.run import stop_on_signals
+
+stop_on_signals()
+class Held: pass
+held = Held()
+def callback(ref):  # a signal handled inside a weakref callback raises where Python swallows it
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))
+ref = weakref.ref(held, callback)
+del held
+print("went on", STOP.is_set())
+try:
+    raise_if_stopped()
+except KeyboardInterrupt:
+    print("raised again")
+"""
+
+
+def test_a_stop_signal_python_swallows_is_raised_again_at_the_next_check(tmp_path):
+    """A worker's Ctrl-C or SIGTERM can land in a garbage-collector callback, where Python swallows the
+    KeyboardInterrupt: the worker had trained on, its later signals ignored. The flag the handler sets
+    is raised again at the next epoch or trial, and the swallowed one prints nothing."""
+    r = subprocess.run(
+        [sys.executable, "-c", SWALLOWED],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["went on True", "raised again"]
+    assert r.stderr == ""

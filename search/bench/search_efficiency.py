@@ -33,7 +33,7 @@ from scipy import stats
 from boneage_core.metrics import expected_best
 from search.bench.common import Sizes, section
 from search.config.specs import load_spec
-from search.engine.run import run_study
+from search.engine.run import run_study, stop_on_signals
 from search.storage.study import open_storage, open_study
 
 ARMS = ("tpe_pruned", "tpe_unpruned", "random_equal_epochs")
@@ -193,27 +193,13 @@ def _usable_cores() -> list[int]:
 
 
 _stop = None  # in a pool process: set by the parent once it is interrupted, so no further seed starts
-_last_interrupt = -1e9
-REPEAT_S = 5.0  # the parent repeats its signal this often until each pool process has ended
-
-
-def _interrupt(signum, frame) -> None:
-    """Ctrl-C or SIGTERM in a pool process: KeyboardInterrupt, which fails the trial in progress. The
-    terminal's signal and the parent's arrive together and count once; one that lands where Python
-    swallows exceptions (a garbage collector callback) is made good by the parent's repeat."""
-    global _last_interrupt
-    if time.monotonic() - _last_interrupt < REPEAT_S / 2:
-        return
-    _last_interrupt = time.monotonic()
-    raise KeyboardInterrupt
 
 
 def _pin(shares, stop) -> None:
     """A pool process takes one share of the cores for its life (run_study then uses that many threads)."""
     global _stop
     _stop = stop
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_signals()  # Ctrl-C and SIGTERM fail the trial in progress, as in run's workers
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, shares.get())
 
@@ -230,20 +216,17 @@ def _seed_arms_unless_stopped(seed: int, base: list[str], n: int, work: Path) ->
 
 
 def _stop_children(pool: ProcessPoolExecutor, stop, wait_s: float = 60) -> None:
-    """The parent was interrupted: no further seed starts, each pool process gets SIGINT every REPEAT_S
-    until it ends (its trial is failed, so a rerun with --work retries it); one left after wait_s is killed."""
+    """The parent was interrupted: no further seed starts, each pool process gets SIGINT (its trial is
+    failed, so a rerun with --work retries it) and ends; one left after wait_s is killed."""
     stop.set()
     children = multiprocessing.active_children()
     pool.shutdown(wait=False, cancel_futures=True)
-    deadline = time.monotonic() + wait_s
-    while (alive := [c for c in children if c.is_alive()]) and time.monotonic() < deadline:
-        for child in alive:
-            with contextlib.suppress(ProcessLookupError, TypeError):
-                os.kill(child.pid, signal.SIGINT)
-        until = time.monotonic() + REPEAT_S
-        for child in alive:
-            child.join(max(0.0, until - time.monotonic()))
     for child in children:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(child.pid, signal.SIGINT)
+    deadline = time.monotonic() + wait_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
         if child.is_alive():
             child.kill()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,17 @@ from search.storage.trials import CONFIG_ATTR, epoch_recorder, record_outcome, s
 # trial, not every worker of the run.
 TRIAL_FAILURES = (TrainingDiverged, torch.OutOfMemoryError, torch.AcceleratorError, BoneAgeError)
 
+# Set by a worker process's Ctrl-C/SIGTERM handler (search.engine.run.stop_on_signal). The handler also
+# raises KeyboardInterrupt at once, but Python swallows an exception raised where a signal lands in a
+# garbage-collector callback (gc.collect() runs after every trial); the trial loop and every epoch
+# check this flag and raise it again there.
+STOP = threading.Event()
+
+
+def raise_if_stopped() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
 
 def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.0) -> Callable[[optuna.Trial], float]:
     """The trial function: draw a config from the space, train it, return its last val MAE in months.
@@ -35,7 +47,14 @@ def make_objective(spec: StudySpec, data: SplitsBySize, memory_share: float = 1.
             set_trial_data(trial, CONFIG_ATTR, cfg.to_dict())
             # a searched image size is decoded on its first use, inside the trial that needs it
             train, val = data.split(cfg.image_size, "train"), data.split(cfg.image_size, "val")
-            result = fit(cfg, train, val, epoch_recorder(trial, start), memory_share=memory_share)
+            record = epoch_recorder(trial, start)
+
+            def on_epoch_end(epoch: int, row: dict) -> None:
+                raise_if_stopped()
+                record(epoch, row)
+
+            raise_if_stopped()
+            result = fit(cfg, train, val, on_epoch_end, memory_share=memory_share)
             metrics, val_pred = result.metrics, result.pred_months
             del result  # the model with it, before collect() frees its memory
         except BaseException as exc:  # failed, pruned or interrupted

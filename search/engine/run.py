@@ -27,7 +27,7 @@ from boneage_core.device import resolve_device
 from boneage_core.errors import BoneAgeError
 from boneage_core.models import build_model
 from search.config.specs import StudySpec
-from search.engine.objective import TRIAL_FAILURES, make_objective
+from search.engine.objective import STOP, TRIAL_FAILURES, make_objective, raise_if_stopped
 from search.engine.workers import check_workers, device_shares, start_workers, threads_per_worker, worker_devices
 from search.storage.provenance import device_description, provenance, record_command
 from search.storage.settings import check_settings, study_settings
@@ -187,6 +187,7 @@ def search_loop(
     start, outage = time.monotonic(), _Outage(url)
     callbacks = [] if quiet else [_print_failure]
     while True:
+        raise_if_stopped()  # a worker's stop signal that Python swallowed
         try:
             c = counts(study)
             outage.since = None  # the storage answers
@@ -229,20 +230,34 @@ def _open_for_search(spec: StudySpec, url: str, quiet: bool, index: int) -> tupl
     return study, data
 
 
-def _interrupt_once(signum, frame):
-    """Ctrl-C or SIGTERM in a worker: the trial in progress is failed (Optuna records that on the
-    KeyboardInterrupt); a second signal, from the terminal and the first process at once, must not cut
-    that record short, so it is ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def stop_on_signal(signum, frame):
+    """Ctrl-C or SIGTERM in a worker process: the trial in progress is failed (Optuna records that on the
+    KeyboardInterrupt). A second signal, from the terminal and the first process at once, must not cut
+    that record short, so only the first raises; should Python swallow that one (it landed in a garbage
+    collector callback), STOP makes the next epoch or trial raise it."""
+    if STOP.is_set():
+        return
+    STOP.set()
     raise KeyboardInterrupt
+
+
+def _unraisable(info) -> None:
+    """A stop signal Python swallowed is raised again by STOP: its 'Exception ignored' traceback is noise."""
+    if not (isinstance(info.exc_value, KeyboardInterrupt) and STOP.is_set()):
+        sys.__unraisablehook__(info)
+
+
+def stop_on_signals() -> None:
+    """In a worker process: Ctrl-C and SIGTERM fail the trial in progress and end the search (stop_on_signal)."""
+    signal.signal(signal.SIGINT, stop_on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    sys.unraisablehook = _unraisable
 
 
 def run_worker(spec: StudySpec, url: str, n_trials: int, index: int, workers: int, share: float, timeout_s) -> None:
     """Worker `index` (1..K-1) of `run --workers K`, in its own process: the same loop, quiet. Ctrl-C and
     SIGTERM fail its trial and end it, as in the first process; user errors are one line."""
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    stop_on_signals()
     quiet_optuna_warnings()
     torch.set_num_threads(threads_per_worker(workers))
     try:
