@@ -540,10 +540,10 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_ret
     url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     storage = open_storage(url, heartbeat=(1, 2))
     study = optuna.create_study(study_name="s", storage=storage)
-    silent = study.ask()  # RUNNING, no heartbeat: what such a kill leaves
-    beating = study.ask()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat by hand, outside optimize
+        silent = study.ask()  # RUNNING, no heartbeat: what such a kill leaves
+        beating = study.ask()
         storage.record_heartbeat(beating._trial_id)
         optuna.storages.fail_stale_trials(study)
         assert study.trials[silent.number].state == TrialState.RUNNING  # within the grace period: alive
