@@ -34,6 +34,7 @@ from boneage_core.metrics import expected_best
 from search.bench.common import Sizes, section
 from search.config.specs import load_spec
 from search.engine.run import run_study, stop_on_signals
+from search.engine.workers import usable_cores
 from search.storage.study import open_storage, open_study
 
 ARMS = ("tpe_pruned", "tpe_unpruned", "random_equal_epochs")
@@ -131,7 +132,7 @@ def bench_search_efficiency(sizes: Sizes, work: Path, out: Path | None = None, *
         else f"its {pruner.name} pruner"
     )
     walls = {arm: sum(r["wall_s"] for r in runs[arm]) for arm in ARMS}
-    jobs = min(sizes.search_jobs, len(sizes.search_seeds), len(_usable_cores()))
+    jobs = min(sizes.search_jobs, len(sizes.search_seeds), len(usable_cores()))
     read_back = sorted({r["sampler_seed"] for arm in ARMS for r in runs[arm] if r["read_back"]})
     trained = any(r["trials"] > r["read_back"] for arm in ARMS for r in runs[arm])
     s["notes"] = [
@@ -184,12 +185,8 @@ def core_shares(cores: list[int], jobs: int) -> list[list[int]]:
 
 
 def _cores_word(jobs: int) -> str:
-    sizes = sorted({len(c) for c in core_shares(_usable_cores(), jobs)})
+    sizes = sorted({len(c) for c in core_shares(usable_cores(), jobs)})
     return " or ".join(map(str, sizes)) + (" core" if sizes == [1] else " cores")
-
-
-def _usable_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
 _stop = None  # in a pool process: set by the parent once it is interrupted, so no further seed starts
@@ -205,14 +202,7 @@ def _pin(shares, stop) -> None:
 
 
 def _seed_arms_unless_stopped(seed: int, base: list[str], n: int, work: Path) -> dict[str, dict] | None:
-    if _stop is not None and _stop.is_set():
-        return None
-    try:
-        return _seed_arms(seed, base, n, work)
-    except KeyboardInterrupt:  # the trial is failed; later signals must not cut the way out short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise
+    return None if _stop is not None and _stop.is_set() else _seed_arms(seed, base, n, work)
 
 
 def _stop_children(pool: ProcessPoolExecutor, stop, wait_s: float = 60) -> None:
@@ -235,12 +225,12 @@ def _all_seeds(sizes: Sizes, work: Path) -> list[dict[str, dict]]:
     """Every sampler seed's arms: one after another, or `search_jobs` seeds at once in processes of
     their own, each pinned to its share of the cores and using as many threads."""
     base, n, seeds = list(sizes.search_override), sizes.search_trials, sizes.search_seeds
-    jobs = min(sizes.search_jobs, len(seeds), len(_usable_cores()))
+    jobs = min(sizes.search_jobs, len(seeds), len(usable_cores()))
     if jobs <= 1:
         return [_seed_arms(seed, base, n, work) for seed in seeds]
     ctx = multiprocessing.get_context("spawn")  # torch in a forked child can hang
     shares, stop = ctx.Queue(), ctx.Event()
-    for share in core_shares(_usable_cores(), jobs):
+    for share in core_shares(usable_cores(), jobs):
         shares.put(share)
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_pin, initargs=(shares, stop)) as pool:
         k = len(seeds)

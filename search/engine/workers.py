@@ -39,11 +39,14 @@ def check_workers(workers: int) -> None:
         )
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (taskset, a container's cpuset, a benchmark's share), not the machine's."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def threads_per_worker(workers: int) -> int:
-    """K workers on one machine share its cores instead of each starting a thread per core: the cores
-    this process may run on (taskset, a container's cpuset, a benchmark's share), not the machine's."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+    """K workers on one machine share its cores instead of each starting a thread per core."""
+    return max(1, len(usable_cores()) // workers)
 
 
 def worker_devices(workers: int, visible: str | None, count: int) -> list[str | None]:
